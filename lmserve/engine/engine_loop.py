@@ -1,0 +1,129 @@
+"""Drives an Engine from one background thread, so many callers (threads or asyncio tasks) share it.
+
+Callers submit requests into an inbox; the loop thread alone touches the engine, adds what arrived,
+steps while there is work, and hands each output to the request's callback. A failure inside a step
+is delivered to every request of that step as an error instead of killing the thread.
+"""
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from dataclasses import dataclass
+from typing import Callable
+
+from lmserve.config import GenerationConfig
+from lmserve.engine.engine import Engine, RequestOutput
+
+logger = logging.getLogger(__name__)
+
+Callback = Callable[[RequestOutput | BaseException], None]
+
+
+@dataclass(slots=True)
+class _Submit:
+    request_id: str
+    prompt_ids: list[int]
+    gen: GenerationConfig
+    session_id: int | None
+    callback: Callback
+
+
+class EngineLoop:
+    def __init__(self, engine: Engine):
+        self.engine = engine
+        self._inbox: queue.Queue = queue.Queue()
+        self._callbacks: dict[str, Callback] = {}
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="lmserve-engine", daemon=True)
+        self._thread.start()
+
+    # ---- callers ----------------------------------------------------------------------------------
+    def submit(self, request_id: str, prompt_ids: list[int], gen: GenerationConfig,
+               session_id: int | None, callback: Callback) -> None:
+        self._inbox.put(_Submit(request_id, prompt_ids, gen, session_id, callback))
+
+    def abort(self, request_id: str) -> None:
+        self._inbox.put(("abort", request_id))
+
+    def end_session(self, session_id: int) -> None:
+        self._inbox.put(("end_session", session_id))
+
+    def call(self, fn: Callable[[Engine], object]) -> object:
+        """Run fn(engine) on the loop thread and return its result (for stats and admin)."""
+        done, box = threading.Event(), {}
+
+        def job(engine):
+            try:
+                box["value"] = fn(engine)
+            except BaseException as e:  # handed back to the caller
+                box["error"] = e
+            done.set()
+        self._inbox.put(("call", job))
+        done.wait()
+        if "error" in box:
+            raise box["error"]
+        return box.get("value")
+
+    def close(self) -> None:
+        self._stopping.set()
+        self._inbox.put(("stop", None))
+        self._thread.join(timeout=30)
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+    # ---- the loop thread ------------------------------------------------------------------------
+    def _handle(self, item) -> None:
+        engine = self.engine
+        if isinstance(item, _Submit):
+            try:
+                engine.add_request(item.request_id, item.prompt_ids, item.gen, item.session_id)
+                self._callbacks[item.request_id] = item.callback
+            except Exception as e:  # bad request: tell its caller, keep serving the others
+                item.callback(e)
+            return
+        kind, arg = item
+        if kind == "abort":
+            out = engine.abort(arg)
+            cb = self._callbacks.pop(arg, None)
+            if out is not None and cb is not None:
+                cb(out)
+        elif kind == "end_session":
+            engine.end_session(arg)
+        elif kind == "call":
+            arg(engine)
+
+    def _run(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                item = self._inbox.get(timeout=None if not self.engine.has_work() else 0)
+                if item == ("stop", None):
+                    break
+                self._handle(item)
+                continue      # drain the inbox before stepping
+            except queue.Empty:
+                pass
+            try:
+                outputs = self.engine.step()
+            except Exception as e:
+                logger.exception("engine step failed; failing its requests")
+                self._fail_all(e)
+                continue
+            for out in outputs:
+                cb = self._callbacks.get(out.request_id)
+                if out.finished:
+                    self._callbacks.pop(out.request_id, None)
+                if cb is not None:
+                    cb(out)
+        self._fail_all(RuntimeError("the engine was shut down"))
+
+    def _fail_all(self, error: BaseException) -> None:
+        for request_id, cb in list(self._callbacks.items()):
+            try:
+                self.engine.abort(request_id)
+            except Exception:
+                logger.exception("abort of %s failed", request_id)
+            cb(error)
+        self._callbacks.clear()

@@ -1,0 +1,56 @@
+"""Paged attention layer: stores this step's K/V in the cache and attends over it.
+
+The step's tokens come flattened ([T, ...]); the metadata says which belong to which sequence.
+Decoding sequences (one token each) are attended together in one batched call; prompt chunks one
+sequence at a time, each over its cached prefix.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from lmserve.kernels import paged_attention as ref
+
+
+@dataclass(slots=True)
+class PrefillChunk:
+    q_start: int              # first row of this sequence's tokens in the flattened batch
+    q_len: int
+    context_len: int          # cached tokens before the chunk + q_len
+    block_table: torch.Tensor
+
+
+@dataclass(slots=True)
+class AttentionMetadata:
+    slot_mapping: torch.Tensor                       # [T] cache slot of every token of the step
+    decode_rows: torch.Tensor | None = None          # [Bd] rows of decoding tokens
+    decode_block_tables: torch.Tensor | None = None  # [Bd, max_blocks]
+    decode_context_lens: torch.Tensor | None = None  # [Bd]
+    prefills: list[PrefillChunk] = field(default_factory=list)
+
+
+class PagedAttention(nn.Module):
+    def __init__(self, num_heads: int, num_kv_heads: int, head_dim: int):
+        super().__init__()
+        self.num_heads, self.num_kv_heads, self.head_dim = num_heads, num_kv_heads, head_dim
+        self.scale = head_dim ** -0.5
+
+    def forward(self, q, k, v, kv_cache: tuple[torch.Tensor, torch.Tensor], meta: AttentionMetadata):
+        """q: [T, H, D]; k, v: [T, KV, D] -> [T, H, D]."""
+        k_cache, v_cache = kv_cache
+        ref.store_kv_ref(k, v, k_cache, v_cache, meta.slot_mapping)
+        out = torch.empty_like(q)
+        if meta.decode_rows is not None:
+            out[meta.decode_rows] = ref.paged_decode_attention_ref(
+                q[meta.decode_rows], k_cache, v_cache, meta.decode_block_tables,
+                meta.decode_context_lens, self.scale)
+        for chunk in meta.prefills:
+            rows = slice(chunk.q_start, chunk.q_start + chunk.q_len)
+            if chunk.context_len == chunk.q_len:    # nothing cached before: use k/v as they are
+                out[rows] = ref.causal_attention_ref(q[rows], k[rows], v[rows], self.scale)
+            else:
+                out[rows] = ref.paged_prefill_attention_ref(q[rows], k_cache, v_cache, chunk.block_table,
+                                                            chunk.context_len, self.scale)
+        return out
