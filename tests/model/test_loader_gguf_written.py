@@ -160,3 +160,20 @@ def test_directory_with_one_gguf_and_refusals(tmp_path, vocab):
     with pytest.raises(ValueError, match="not a GGUF file"):
         load_model(str(fake))
     assert os.path.exists(default_model_path())
+
+
+@pytest.mark.parametrize("qtype", [Q.F16, Q.BF16, Q.Q4_0, Q.Q4_1, Q.Q8_0, Q.Q4_K, Q.Q6_K])
+def test_dequantize_is_bit_identical_to_gguf(qtype):
+    from gguf import GGML_QUANT_SIZES
+
+    from lmserve.model.gguf_dequant import dequantize
+    block, type_size = GGML_QUANT_SIZES[qtype]
+    rng = np.random.default_rng(0)
+    if qtype in (Q.Q4_K, Q.Q6_K):    # no numpy quantizer for K-quants; these go through gguf anyway
+        raw = rng.integers(0, 256, size=(8, 2 * type_size), dtype=np.uint8)
+    else:
+        raw = gguf_quantize(rng.standard_normal((8, 2 * block), dtype=np.float32), qtype)
+        raw = raw.view(np.uint8).reshape(8, -1)
+    ours = dequantize(raw, qtype, (8, 2 * block))
+    reference = gguf_dequantize(raw, qtype).reshape(8, 2 * block)
+    assert ours.dtype == np.float32 and np.array_equal(ours, reference, equal_nan=True)
