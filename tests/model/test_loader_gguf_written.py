@@ -177,3 +177,11 @@ def test_dequantize_is_bit_identical_to_gguf(qtype):
     ours = dequantize(raw, qtype, (8, 2 * block))
     reference = gguf_dequantize(raw, qtype).reshape(8, 2 * block)
     assert ours.dtype == np.float32 and np.array_equal(ours, reference, equal_nan=True)
+
+
+def test_unknown_gguf_tensor_is_refused_at_load(tmp_path, vocab):
+    path = tmp_path / "extra.gguf"
+    write_gguf(path, "llama", tiny_model("llama", intermediate_size=64), vocab, {},
+               [("blk.0.attn_q_norm.weight", np.ones(8, np.float32))])
+    with pytest.raises(ValueError, match="'blk.0.attn_q_norm.weight' has no counterpart in a Llama"):
+        load_model(str(path))
