@@ -81,6 +81,10 @@ class Engine:
         if n + 1 > self.cache_tokens:
             raise RequestTooLongError(f"the prompt has {n} tokens, but the whole KV cache holds only "
                                       f"{self.cache_tokens} tokens")
+        vocab = self.runner.model_cfg.vocab_size
+        if min(prompt_ids) < 0 or max(prompt_ids) >= vocab:
+            bad = next(t for t in prompt_ids if not 0 <= t < vocab)
+            raise ValueError(f"token id {bad} is outside the model's vocabulary [0, {vocab})")
         if request_id in self.requests:
             raise ValueError(f"request id {request_id!r} is already running")
         seq = Sequence(request_id, list(prompt_ids), n, gen, session_id, arrival=time.monotonic())
