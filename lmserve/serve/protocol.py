@@ -16,8 +16,9 @@ Stop = Union[str, Annotated[list[str], Field(max_length=16)], None]
 
 
 class _Request(BaseModel):
-    # Unknown fields are ignored, as OpenAI's SDKs send fields newer than any server.
-    model_config = ConfigDict(extra="ignore")
+    # Unknown fields are ignored, as OpenAI's SDKs send fields newer than any server. Strict: no
+    # "yes" for true or "5" for 5; a wrong type is a mistake to report, not to guess at.
+    model_config = ConfigDict(extra="ignore", strict=True)
 
 
 class StreamOptions(_Request):
