@@ -36,7 +36,7 @@ async def create_chat_completion(body: ChatCompletionRequest, request: Request):
     gen = generation_config(body, max_new, logprobs, min_new)
 
     session = ctx.sessions.acquire(body.session_id) if body.session_id is not None else None
-    generation = Generation(ctx.pipeline, ctx.metrics, fan_out([ids], gen, body.n, body.session_id), arrival)
+    generation = Generation(ctx, fan_out([ids], gen, body.n, body.session_id), arrival)
 
     async def close():
         await generation.aclose()

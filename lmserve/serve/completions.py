@@ -65,7 +65,7 @@ async def create_completion(body: CompletionRequest, request: Request):
             for p, t in zip(prompts, texts)]
 
     session = ctx.sessions.acquire(body.session_id) if body.session_id is not None else None
-    generation = Generation(ctx.pipeline, ctx.metrics, fan_out(prompts, gen, body.n, body.session_id), arrival)
+    generation = Generation(ctx, fan_out(prompts, gen, body.n, body.session_id), arrival)
 
     async def close():
         await generation.aclose()

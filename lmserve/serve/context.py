@@ -43,6 +43,14 @@ class ServerContext:
         self.limits = read_limits(pipeline)
         self.metrics = ServerMetrics(pipeline, self.model_name)
         self.sessions = SessionStore(pipeline, config.session_ttl)
+        self.active: set = set()           # in-flight Generations
+
+    def abort_all(self) -> int:
+        """Abort every in-flight generation (the drain timeout has passed); returns how many."""
+        active = list(self.active)
+        for generation in active:
+            generation.abort()
+        return len(active)
 
     def check_model(self, name: str | None) -> None:
         # OpenAI's SDKs always send a model; accept ours and, for scripts written against a path,

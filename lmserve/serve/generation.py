@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import uuid
 from dataclasses import dataclass
 
 from starlette.requests import Request
@@ -44,8 +45,11 @@ def as_api_error(exc: BaseException) -> APIError:
 
 
 class Generation:
-    def __init__(self, pipeline, metrics, jobs: list[Job], arrival: float):
-        self.pipeline, self.metrics, self.jobs, self.arrival = pipeline, metrics, jobs, arrival
+    def __init__(self, ctx, jobs: list[Job], arrival: float):
+        self.pipeline, self.metrics, self.jobs, self.arrival = ctx.pipeline, ctx.metrics, jobs, arrival
+        self._active = ctx.active          # the server's in-flight set, for draining at shutdown
+        for job in jobs:
+            job.request_id = job.request_id or uuid.uuid4().hex
         self.last: dict[int, RequestOutput] = {}        # latest output per choice index
         self._queue: asyncio.Queue = asyncio.Queue()
         self._tasks: list[asyncio.Task] = []
@@ -71,6 +75,7 @@ class Generation:
         Waiting lets an error the engine finds at admission still be a 400 before a stream's
         status line goes out. Raises APIError (after aborting the other choices) on one.
         """
+        self._active.add(self)
         self._tasks = [asyncio.create_task(self._pump(job)) for job in self.jobs]
         started: set[int] = set()
         try:
@@ -116,6 +121,13 @@ class Generation:
         self.metrics.generation_tokens.inc(len(out.token_ids) if out else 0)
         self.metrics.finished(reason)
 
+    def abort(self) -> None:
+        """End every unfinished choice through the engine: each still gets its last output, with
+        finish_reason "abort", so a stream ends properly rather than being cut off."""
+        for job in self.jobs:
+            if job.index in self._unfinished:
+                self.pipeline.loop.abort(job.request_id)
+
     async def collect(self) -> dict[int, RequestOutput]:
         async for _ in self.outputs():
             pass
@@ -127,6 +139,7 @@ class Generation:
         if self._closed:
             return
         self._closed = True
+        self._active.discard(self)
         for task in self._tasks:
             task.cancel()
         if self._tasks:

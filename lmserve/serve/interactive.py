@@ -77,7 +77,7 @@ async def chat_interactive(body: InteractiveRequest, request: Request):
         ids = encode_messages(ctx.pipeline, messages)
         max_new = check_prompt(ids, ctx.limits, body.request_output_len, "request_output_len", param="prompt")
         gen = generation_config(body, max_new, None, body.min_new_tokens)
-        generation = Generation(ctx.pipeline, ctx.metrics, [Job(0, ids, gen, session_id, request_id)], arrival)
+        generation = Generation(ctx, [Job(0, ids, gen, session_id, request_id)], arrival)
         input_tokens = max(0, len(ids) - history_tokens)
         await unless_disconnected(request, generation.start())
         if body.stream:

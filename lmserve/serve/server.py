@@ -1,12 +1,14 @@
 """Running the app under uvicorn: in the foreground (the CLI) or on a background thread (tests,
 benchmarks, embedding).
 
-SIGTERM (and Ctrl-C) drain: uvicorn stops accepting connections, lets in-flight requests finish for
-up to `drain_timeout` seconds, then cancels the rest, which aborts their engine requests and frees
-their KV blocks; the app's shutdown then stops the engine and the process exits with status 0.
+SIGTERM (and Ctrl-C) drain: uvicorn stops accepting connections and lets in-flight requests finish
+for up to `drain_timeout` seconds; then the rest are aborted through the engine, so each ends
+properly (finish_reason "abort", and a stream's `data: [DONE]`) and frees its KV blocks. The app's
+shutdown then stops the engine and the process exits with status 0.
 """
 from __future__ import annotations
 
+import asyncio
 import logging
 import signal
 import socket
@@ -18,14 +20,42 @@ import uvicorn
 logger = logging.getLogger(__name__)
 
 
-def _uvicorn_config(app, host: str, port: int, drain_timeout: float, log_level: str) -> uvicorn.Config:
-    return uvicorn.Config(app, host=host, port=port, log_level=log_level.lower(), lifespan="on",
-                          timeout_graceful_shutdown=drain_timeout, access_log=log_level.upper() == "DEBUG")
+_ABORT_GRACE_S = 10.0     # after aborting, time for the last chunks to go out before uvicorn cuts
+
+
+class DrainingServer(uvicorn.Server):
+    """uvicorn's graceful shutdown, with an engine-side abort at the drain timeout.
+
+    Left to itself uvicorn would cancel the request tasks at its timeout, cutting streams mid-chunk.
+    """
+
+    def __init__(self, app, host: str, port: int, drain_timeout: float, log_level: str):
+        super().__init__(uvicorn.Config(app, host=host, port=port, log_level=log_level.lower(), lifespan="on",
+                                        timeout_graceful_shutdown=drain_timeout + _ABORT_GRACE_S,
+                                        access_log=log_level.upper() == "DEBUG"))
+        self.app, self.drain_timeout = app, drain_timeout
+
+    async def shutdown(self, sockets=None) -> None:
+        ctx = getattr(getattr(self.app, "state", None), "ctx", None)
+        aborter = asyncio.create_task(self._abort_after_timeout(ctx)) if ctx is not None else None
+        try:
+            await super().shutdown(sockets)
+        finally:
+            if aborter is not None:
+                aborter.cancel()
+
+    async def _abort_after_timeout(self, ctx) -> None:
+        if ctx.active:
+            logger.warning("draining %d in-flight request(s) for up to %.0f s", len(ctx.active), self.drain_timeout)
+        await asyncio.sleep(self.drain_timeout)
+        aborted = ctx.abort_all()
+        if aborted:
+            logger.warning("drain timeout: aborted %d request(s) still running", aborted)
 
 
 def serve_forever(app, host: str = "0.0.0.0", port: int = 23333, drain_timeout: float = 30.0,
                   log_level: str = "info") -> None:
-    server = uvicorn.Server(_uvicorn_config(app, host, port, drain_timeout, log_level))
+    server = DrainingServer(app, host, port, drain_timeout, log_level)
     # uvicorn re-raises the signal it drained on once it is done, under the handler it found; a
     # no-op one makes a drained shutdown end with status 0 instead of "killed by SIGTERM".
     signal.signal(signal.SIGTERM, lambda *_: None)
@@ -48,7 +78,7 @@ class BackgroundServer:
     def __init__(self, app, port: int | None = None, host: str = "127.0.0.1", drain_timeout: float = 10.0,
                  log_level: str = "warning"):
         self.host, self.port = host, port or free_port(host)
-        self.server = uvicorn.Server(_uvicorn_config(app, self.host, self.port, drain_timeout, log_level))
+        self.server = DrainingServer(app, self.host, self.port, drain_timeout, log_level)
         self.thread = threading.Thread(target=self.server.run, name=f"uvicorn-{self.port}", daemon=True)
 
     @property
