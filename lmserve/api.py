@@ -146,10 +146,10 @@ class Pipeline:
     def chat(self, prompt: str, session: Session | None = None, gen_config: GenerationConfig | None = None,
              stream_response: bool = False):
         """One turn of a multi-turn chat; only the new turn's tokens are prefilled."""
-        session = session or Session(next(_session_ids))
+        session = session or self.new_session()
         session.history.append({"role": "user", "content": prompt})
         ids = self.encode(session.history)
-        _, q = self._submit(ids, self._gen(gen_config), session.session_id)
+        request_id, q = self._submit(ids, self._gen(gen_config), session.session_id)
 
         def finish(out: RequestOutput):
             session.history.append({"role": "assistant", "content": out.text})
@@ -162,13 +162,24 @@ class Pipeline:
             return finish(out)
 
         def stream():
-            while True:
-                out = self._next(q)
-                yield _response(out, out.delta_text, out.delta_token_ids, 0, session.session_id)
-                if out.finished:
-                    finish(out)
-                    return
+            text, done = "", False
+            try:
+                while True:
+                    out = self._next(q)
+                    text += out.delta_text
+                    yield _response(out, out.delta_text, out.delta_token_ids, 0, session.session_id)
+                    if out.finished:
+                        done = True
+                        finish(out)
+                        return
+            finally:
+                if not done:    # the consumer stopped early (Ctrl-C): abort, keep what was shown
+                    self.loop.abort(request_id)
+                    session.history.append({"role": "assistant", "content": text})
         return stream()
+
+    def new_session(self) -> Session:
+        return Session(next(_session_ids))
 
     def end_session(self, session_id: int) -> None:
         self.loop.end_session(session_id)

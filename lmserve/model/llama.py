@@ -17,12 +17,11 @@ from lmserve.nn.embedding import ParallelLMHead, VocabParallelEmbedding
 from lmserve.nn.linear import MergedColumnParallelLinear, QKVParallelLinear, RowParallelLinear
 from lmserve.nn.norm import RMSNorm
 from lmserve.nn.parallel import ParallelContext
-from lmserve.nn.rotary import RotaryEmbedding
+from lmserve.nn.rotary import RotaryEmbedding, apply_rotary
 
 
 class DecoderLayer(nn.Module):
-    def __init__(self, cfg: ModelConfig, dtype: torch.dtype, parallel: ParallelContext,
-                 rotary: RotaryEmbedding):
+    def __init__(self, cfg: ModelConfig, dtype: torch.dtype, parallel: ParallelContext):
         super().__init__()
         h, d = cfg.hidden_size, cfg.head_dim
         self.qkv_proj = QKVParallelLinear(h, d, cfg.num_heads, cfg.num_kv_heads, cfg.qkv_bias, dtype, parallel)
@@ -33,10 +32,9 @@ class DecoderLayer(nn.Module):
         self.post_attention_layernorm = RMSNorm(h, cfg.rms_norm_eps, dtype)
         self.heads, self.kv_heads = self.qkv_proj.local_heads, self.qkv_proj.local_kv_heads
         self.head_dim = d
-        self.rotary = rotary
         self.attn = PagedAttention(self.heads, self.kv_heads, d)
 
-    def forward(self, positions, hidden, residual, kv_cache, meta: AttentionMetadata):
+    def forward(self, cos_sin, hidden, residual, kv_cache, meta: AttentionMetadata):
         hidden, residual = self.input_layernorm(hidden, residual)
         qkv = self.qkv_proj(hidden)
         q_size, kv_size = self.heads * self.head_dim, self.kv_heads * self.head_dim
@@ -45,7 +43,7 @@ class DecoderLayer(nn.Module):
         q = q.view(t, self.heads, self.head_dim)
         k = k.view(t, self.kv_heads, self.head_dim)
         v = v.view(t, self.kv_heads, self.head_dim)
-        q, k = self.rotary(positions, q, k)
+        q, k = apply_rotary(cos_sin, q, k)
         attn = self.attn(q, k, v, kv_cache, meta)
         hidden = self.o_proj(attn.reshape(t, q_size))
         hidden, residual = self.post_attention_layernorm(hidden, residual)
@@ -70,7 +68,7 @@ class LlamaForCausalLM(nn.Module):
         self.embed_tokens = VocabParallelEmbedding(cfg.vocab_size, cfg.hidden_size, dtype, parallel)
         self.rotary = RotaryEmbedding(cfg.head_dim, max_positions, cfg.rope_theta, cfg.rope_scaling,
                                       cfg.max_position_embeddings)
-        self.layers = nn.ModuleList(DecoderLayer(cfg, dtype, parallel, self.rotary)
+        self.layers = nn.ModuleList(DecoderLayer(cfg, dtype, parallel)
                                     for _ in range(cfg.num_layers))
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, dtype)
         self.lm_head = ParallelLMHead(cfg.vocab_size, cfg.hidden_size, dtype, parallel,
@@ -83,8 +81,9 @@ class LlamaForCausalLM(nn.Module):
     def forward(self, input_ids, positions, kv_caches, meta: AttentionMetadata) -> torch.Tensor:
         """Returns the final hidden states [T, hidden]; `compute_logits` turns chosen rows into logits."""
         hidden, residual = self.embed_tokens(input_ids), None
+        cos_sin = self.rotary.cos_sin(positions, self.dtype)
         for layer, kv_cache in zip(self.layers, kv_caches):
-            hidden, residual = layer(positions, hidden, residual, kv_cache, meta)
+            hidden, residual = layer(cos_sin, hidden, residual, kv_cache, meta)
         hidden, _ = self.norm(hidden, residual)
         return hidden
 

@@ -1,0 +1,77 @@
+"""Flags shared by every command that runs an engine, mapped onto EngineConfig/GenerationConfig.
+
+Every flag is accepted with dashes and with underscores (`--max-batch-size`, `--max_batch_size`).
+"""
+from __future__ import annotations
+
+import argparse
+
+from lmserve.config import ChatTemplateConfig, EngineConfig, GenerationConfig
+
+
+def add_flag(parser, name: str, **kwargs) -> None:
+    dashed = "--" + name.replace("_", "-")
+    underscored = "--" + name
+    names = [dashed] if dashed == underscored else [dashed, underscored]
+    parser.add_argument(*names, dest=name, **kwargs)
+
+
+def add_engine_args(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("engine")
+    add_flag(g, "model_name", default=None, help="built-in chat template (see `lmserve list`)")
+    add_flag(g, "meta_instruction", default=None, help="system prompt")
+    add_flag(g, "session_len", type=int, default=None, help="max tokens of a session (default: model context)")
+    add_flag(g, "cache_max_entry_count", type=float, default=0.8,
+             help="KV cache size: fraction of free GPU memory, or on CPU of min(available RAM, 4 GiB)")
+    add_flag(g, "cache_block_seq_len", type=int, default=64, help="tokens per KV block")
+    add_flag(g, "num_blocks", type=int, default=None, help="explicit KV block count (overrides the fraction)")
+    add_flag(g, "max_batch_size", type=int, default=64)
+    add_flag(g, "max_prefill_token_num", type=int, default=4096, help="token budget per step (chunked prefill)")
+    add_flag(g, "enable_prefix_caching", action="store_true")
+    add_flag(g, "quant_policy", type=int, default=0, choices=[0, 4, 8], help="KV cache int4 (4) / int8 (8)")
+    add_flag(g, "dtype", default="auto", choices=["auto", "float32", "float16", "bfloat16"])
+    add_flag(g, "device", default="auto", choices=["auto", "cpu", "cuda"])
+    add_flag(g, "load_format", default="auto", choices=["auto", "hf", "gguf", "dummy"])
+    add_flag(g, "tp", type=int, default=1, help="tensor parallel size")
+    add_flag(g, "log_level", default="WARNING", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+
+
+def add_gen_args(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("generation")
+    add_flag(g, "max_new_tokens", type=int, default=512)
+    add_flag(g, "temperature", type=float, default=None, help="> 0 turns sampling on")
+    add_flag(g, "top_p", type=float, default=1.0)
+    add_flag(g, "top_k", type=int, default=50)
+    add_flag(g, "min_p", type=float, default=0.0)
+    add_flag(g, "repetition_penalty", type=float, default=1.0)
+    add_flag(g, "seed", type=int, default=None)
+
+
+def engine_config_from_args(args) -> EngineConfig:
+    if args.quant_policy:
+        raise SystemExit("--quant-policy 4/8 (KV-cache quantization) is not available yet; use 0")
+    if args.tp != 1:
+        raise SystemExit("--tp > 1 (tensor parallelism) is not available yet; use 1")
+    try:
+        return EngineConfig(dtype=args.dtype, device=args.device, session_len=args.session_len,
+                            max_batch_size=args.max_batch_size, cache_max_entry_count=args.cache_max_entry_count,
+                            cache_block_seq_len=args.cache_block_seq_len, num_blocks=args.num_blocks,
+                            max_prefill_token_num=args.max_prefill_token_num,
+                            enable_prefix_caching=args.enable_prefix_caching, load_format=args.load_format)
+    except ValueError as e:
+        raise SystemExit(f"error: {e}")
+
+
+def chat_template_config_from_args(args) -> ChatTemplateConfig:
+    return ChatTemplateConfig(model_name=args.model_name, meta_instruction=args.meta_instruction)
+
+
+def gen_config_from_args(args) -> GenerationConfig:
+    sampling = args.temperature is not None and args.temperature > 0
+    try:
+        return GenerationConfig(max_new_tokens=args.max_new_tokens, do_sample=sampling,
+                                temperature=args.temperature if sampling else 0.8, top_p=args.top_p,
+                                top_k=args.top_k, min_p=args.min_p, repetition_penalty=args.repetition_penalty,
+                                random_seed=args.seed)
+    except ValueError as e:
+        raise SystemExit(f"error: {e}")
