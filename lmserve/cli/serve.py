@@ -8,7 +8,8 @@ from __future__ import annotations
 import argparse
 import logging
 
-from lmserve.config import ChatTemplateConfig, EngineConfig
+from lmserve.cli.args import add_engine_args, engine_config_from_args
+from lmserve.config import ChatTemplateConfig
 
 logger = logging.getLogger(__name__)
 
@@ -23,36 +24,9 @@ def _flag(parser, name: str, *aliases: str, **kwargs):
     return parser.add_argument(*names, **kwargs)
 
 
-def add_engine_flags(p) -> None:
-    _flag(p, "--model-name", default=None,
-          help="the name clients use as `model`; also picks the chat template if it names a built-in one")
-    _flag(p, "--chat-template", default=None, help="a built-in chat template by name (default: the model's own)")
-    _flag(p, "--meta-instruction", default=None, help="the system prompt put before every conversation")
-    _flag(p, "--session-len", type=int, default=None, help="most tokens of one session (default: model context)")
-    _flag(p, "--cache-max-entry-count", type=float, default=0.8,
-          help="fraction of free memory for the KV cache, in (0, 1]")
-    _flag(p, "--cache-block-seq-len", type=int, default=64, help="tokens per KV block (a power of two)")
-    _flag(p, "--max-batch-size", type=int, default=64, help="most sequences in one step")
-    _flag(p, "--max-prefill-token-num", type=int, default=4096, help="token budget of one step (chunked prefill)")
-    _flag(p, "--enable-prefix-caching", action="store_true", help="reuse K/V of shared prompt prefixes")
-    _flag(p, "--num-blocks", type=int, default=None, help="KV blocks, overriding --cache-max-entry-count")
-    _flag(p, "--dtype", default="auto", choices=["auto", "float32", "float16", "bfloat16"])
-    _flag(p, "--device", default="auto", choices=["auto", "cpu", "cuda"])
-    _flag(p, "--load-format", default="auto", choices=["auto", "hf", "gguf", "dummy"])
-    _flag(p, "--tp", type=int, default=1, help="tensor-parallel ways")
-    _flag(p, "--quant-policy", type=int, default=0, choices=[0, 4, 8], help="KV cache int4 (4) or int8 (8)")
-
-
-def engine_config(args) -> EngineConfig:
-    return EngineConfig(dtype=args.dtype, device=args.device, tp=args.tp, session_len=args.session_len,
-                        max_batch_size=args.max_batch_size, cache_max_entry_count=args.cache_max_entry_count,
-                        cache_block_seq_len=args.cache_block_seq_len, num_blocks=args.num_blocks,
-                        max_prefill_token_num=args.max_prefill_token_num,
-                        enable_prefix_caching=args.enable_prefix_caching, quant_policy=args.quant_policy,
-                        load_format=args.load_format)
-
-
 def chat_template_config(args) -> ChatTemplateConfig:
+    """--chat-template picks the template; --model-name is the served name, and also the template
+    when it names a built-in one (LMDeploy's older meaning, and `lmserve chat`'s)."""
     from lmserve.chat_template import BUILTIN_TEMPLATES
     name = args.chat_template
     if name is None and args.model_name and args.model_name.lower() in BUILTIN_TEMPLATES:
@@ -68,7 +42,7 @@ def add_serve_parser(subparsers) -> argparse.ArgumentParser:
     s = kinds.add_parser("api_server", help="start the OpenAI-compatible HTTP server",
                          formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     s.add_argument("model_path", nargs="?", default=None,
-                   help="HF directory or GGUF file (default: the embedded SmolLM2-135M-Instruct)")
+                   help="HF directory or GGUF file; when omitted, the embedded SmolLM2-135M-Instruct")
     _flag(s, "--server-name", default="0.0.0.0", help="address to listen on")
     _flag(s, "--server-port", type=int, default=23333, help="port to listen on")
     _flag(s, "--api-keys", nargs="+", default=None, help="accept only requests with 'Authorization: Bearer KEY'")
@@ -77,21 +51,21 @@ def add_serve_parser(subparsers) -> argparse.ArgumentParser:
     _flag(s, "--allow-methods", nargs="+", default=["*"], help="CORS: allowed methods")
     _flag(s, "--allow-headers", nargs="+", default=["*"], help="CORS: allowed headers")
     _flag(s, "--max-concurrent-requests", type=int, default=None,
-          help="answer 429 past this many generation requests in flight (default: no cap)")
+          help="answer 429 past this many generation requests in flight; none = no cap")
     _flag(s, "--disable-docs", "--disable-fastapi-docs", action="store_true",
           help="no Swagger UI (/docs), ReDoc or /openapi.json")
     _flag(s, "--session-ttl", type=float, default=600.0,
           help="seconds an idle /v1/chat/interactive session (history and K/V) is kept")
     _flag(s, "--drain-timeout", type=float, default=30.0,
           help="on SIGTERM, seconds in-flight requests may take to finish before they are aborted")
-    _flag(s, "--log-level", default="WARNING", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
-    add_engine_flags(s)
+    _flag(s, "--chat-template", default=None, help="a built-in chat template by name; none = the model's own")
+    add_engine_args(s)      # --model-name, --session-len, ... and --log-level, shared with `lmserve chat`
     s.set_defaults(func=run_api_server)
 
     c = kinds.add_parser("api_client", help="chat in the terminal with an OpenAI-compatible server")
     c.add_argument("api_server_url", metavar="URL", help="e.g. http://127.0.0.1:23333")
     _flag(c, "--api-key", default=None, help="sent as 'Authorization: Bearer KEY'")
-    _flag(c, "--model", default=None, help="model name (default: the server's first)")
+    _flag(c, "--model", default=None, help="model name; none = the server's first")
     _flag(c, "--system", default=None, help="a system prompt")
     _flag(c, "--max-tokens", type=int, default=None)
     _flag(c, "--temperature", type=float, default=None)
@@ -103,8 +77,9 @@ def run_api_server(args) -> int:
     from lmserve.serve.context import ServerConfig
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("lmserve").setLevel(args.log_level)
+    engine_cfg = engine_config_from_args(args)
     try:   # check every flag before the (slow) model load
-        engine_cfg, template_cfg = engine_config(args), chat_template_config(args)
+        template_cfg = chat_template_config(args)
         server_cfg = ServerConfig(served_model_name=args.model_name, api_keys=args.api_keys,
                                   allow_origins=args.allow_origins, allow_credentials=args.allow_credentials,
                                   allow_methods=args.allow_methods, allow_headers=args.allow_headers,

@@ -7,7 +7,7 @@ import httpx
 import openai
 import pytest
 
-from conftest import API_KEY, wait_until
+from tests.serve.helpers import API_KEY, wait_until
 
 MSG = [{"role": "user", "content": "hi"}]
 

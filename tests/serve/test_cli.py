@@ -13,8 +13,9 @@ import time
 import httpx
 import pytest
 
-from conftest import API_KEY
-from lmserve.cli.serve import add_serve_parser, chat_template_config, engine_config
+from tests.serve.helpers import API_KEY
+from lmserve.cli.args import engine_config_from_args
+from lmserve.cli.serve import add_serve_parser, chat_template_config
 from lmserve.serve.api_client import chat
 from lmserve.serve.server import free_port
 
@@ -33,7 +34,7 @@ def test_api_server_flags_accept_dashes_and_underscores():
                    "--cache_max_entry_count", "0.5", "--enable_prefix_caching", "--api_keys", "a", "b",
                    "--max_concurrent_requests", "3", "--disable_docs", "--session_ttl", "5", "--num_blocks", "9")
     assert vars(dashes) == vars(unders)
-    cfg = engine_config(dashes)
+    cfg = engine_config_from_args(dashes)
     assert (cfg.max_batch_size, cfg.session_len, cfg.cache_max_entry_count, cfg.enable_prefix_caching,
             cfg.num_blocks) == (8, 512, 0.5, True, 9)
     assert dashes.api_keys == ["a", "b"] and dashes.model_path == "/m.gguf"

@@ -7,7 +7,7 @@ import time
 import httpx
 import pytest
 
-from conftest import metrics, wait_until
+from tests.serve.helpers import metrics, wait_until
 
 SUBJECTS = ["the sea", "a cat", "bread", "the moon", "rain", "music", "trees", "a train",
             "coffee", "snow", "a river", "books", "the sun", "a garden", "birds", "mountains"]

@@ -7,7 +7,7 @@ import httpx
 import openai
 import pytest
 
-from conftest import CACHE_TOKENS, SESSION_LEN
+from tests.serve.helpers import CACHE_TOKENS, SESSION_LEN
 
 MSG = [{"role": "user", "content": "hi"}]
 CHAT, COMPLETIONS = "/v1/chat/completions", "/v1/completions"

@@ -6,7 +6,7 @@ import threading
 
 import httpx
 
-from conftest import metrics, wait_until
+from tests.serve.helpers import metrics, wait_until
 from lmserve.serve.app import create_app
 from lmserve.serve.context import ServerConfig
 from lmserve.serve.server import BackgroundServer

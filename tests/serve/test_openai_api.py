@@ -6,7 +6,7 @@ import asyncio
 import httpx
 import pytest
 
-from conftest import SESSION_LEN, sse_events
+from tests.serve.helpers import SESSION_LEN, sse_events
 
 HELLO = [{"role": "user", "content": "Say hello in one short sentence."}]
 

@@ -10,7 +10,7 @@ import pytest
 schemathesis = pytest.importorskip("schemathesis")
 from hypothesis import HealthCheck, settings  # noqa: E402
 
-from conftest import SESSION_LEN  # noqa: E402
+from tests.serve.helpers import SESSION_LEN  # noqa: E402
 
 _BUDGET_FIELDS = ("max_tokens", "max_completion_tokens", "request_output_len")
 
