@@ -51,30 +51,37 @@ def sse_error(error: APIError) -> str:
     return f"data: {json.dumps(error.body())}\n\n"
 
 
+_TYPE_LABELS = {"str", "int", "float", "bool", "list", "dict", "none"}
+
+
 def _field_path(loc) -> str:
-    parts = [str(p) for p in loc if p != "body"]
+    # Union members appear in pydantic's path as labels ("list[int]", "function-after[...]"); a
+    # client knows only field names and indexes.
+    parts = [str(p) for p in loc if p != "body" and not (isinstance(p, str) and ("[" in p or p in _TYPE_LABELS))]
     return ".".join(parts)
 
 
 def validation_error(exc: RequestValidationError) -> APIError:
     errors = exc.errors()
-    first = errors[0] if errors else {"type": "value_error", "loc": (), "msg": "invalid request"}
+    if not errors:
+        return bad_request("invalid request")
+    first = errors[0]
     if first["type"] == "json_invalid":
         detail = (first.get("ctx") or {}).get("error", "")
         return bad_request(f"the request body is not valid JSON ({detail})", code="json_invalid")
     if first["type"] == "missing" and tuple(first["loc"]) == ("body",):
         return bad_request("the request needs a JSON body", code="missing_body")
-    # A union field (prompt, stop, content) reports one error per alternative; name the field once.
-    shown, seen = [], set()
+    # A union field (prompt, stop, content) fails once per alternative. Our own checks (value_error)
+    # say more than "not a list" from the alternative the client did not mean; report one per field.
+    chosen: dict[str, dict] = {}
     for err in errors:
-        path = _field_path(err["loc"])
-        top = path.split(".")[0]
-        if top in seen:
-            continue
-        seen.add(top)
-        shown.append(f"{path or 'body'}: {err['msg']}")
-    param = _field_path(first["loc"]).split(".")[0] or None
-    return bad_request("invalid request: " + "; ".join(shown[:3]), param=param, code=first["type"])
+        top = _field_path(err["loc"]).split(".")[0]
+        if top not in chosen or (err["type"] == "value_error" and chosen[top]["type"] != "value_error"):
+            chosen[top] = err
+    shown = [f"{_field_path(e['loc']) or 'body'}: {e['msg']}" for e in chosen.values()]
+    lead = next(iter(chosen.values()))
+    param = _field_path(lead["loc"]).split(".")[0] or None
+    return bad_request("invalid request: " + "; ".join(shown[:3]), param=param, code=lead["type"])
 
 
 def install_error_handlers(app: FastAPI) -> None:

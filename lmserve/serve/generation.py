@@ -75,6 +75,8 @@ class Generation:
         Waiting lets an error the engine finds at admission still be a 400 before a stream's
         status line goes out. Raises APIError (after aborting the other choices) on one.
         """
+        if not self.pipeline.loop.alive:    # nobody would ever answer: fail now, not hang
+            raise APIError(503, "the engine has stopped; the server must be restarted", code="engine_dead")
         self._active.add(self)
         self._tasks = [asyncio.create_task(self._pump(job)) for job in self.jobs]
         started: set[int] = set()
@@ -144,6 +146,9 @@ class Generation:
             task.cancel()
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._unfinished:
+            logger.info("aborted %d unfinished choice(s) of %s (client gone, error or shutdown)",
+                        len(self._unfinished), self.jobs[0].request_id)
         for index in sorted(self._unfinished):
             self._count_finished(index, "abort")
         self._unfinished.clear()

@@ -25,6 +25,8 @@ class _EngineCollector:
         return []      # nothing to check at registration; collecting then would wait on the engine
 
     def collect(self):
+        if not self.pipeline.loop.alive:     # reading a stopped engine would wait forever
+            return
         load = read_load(self.pipeline)
         labels, values = ["model_name"], [self.model_name]
 

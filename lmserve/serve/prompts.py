@@ -29,10 +29,15 @@ def encode_messages(pipeline, messages: list[dict]) -> list[int]:
         return pipeline.encode(messages, do_preprocess=True)
     except (ValueError, jinja2.TemplateError) as e:   # a role order the template refuses, say
         raise bad_request(f"messages: {e}", param="messages") from e
+    except TypeError as e:       # the tokenizer refusing text the request checks let through
+        raise bad_request(f"messages: the tokenizer cannot encode this text ({e})", param="messages") from e
 
 
-def encode_text(pipeline, text: str) -> list[int]:
-    return pipeline.encode(text, do_preprocess=False)
+def encode_text(pipeline, text: str, param: str = "prompt") -> list[int]:
+    try:
+        return pipeline.encode(text, do_preprocess=False)
+    except TypeError as e:
+        raise bad_request(f"{param}: the tokenizer cannot encode this text ({e})", param=param) from e
 
 
 def check_prompt(ids: list[int], limits: EngineLimits, max_tokens: int | None,

@@ -8,11 +8,23 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 _MAX_SEED = 2 ** 63 - 1          # what torch.Generator.manual_seed accepts without wrapping around
 
-Stop = Union[str, Annotated[list[str], Field(max_length=16)], None]
+
+def _valid_unicode(text: str) -> str:
+    # JSON may carry a lone UTF-16 surrogate ("\ud800"); Python keeps it, tokenizers cannot take it.
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise ValueError(f"the text holds an unpaired UTF-16 surrogate ({text[e.start]!a}), which is not "
+                         f"valid Unicode") from None
+    return text
+
+
+Text = Annotated[str, AfterValidator(_valid_unicode)]
+Stop = Union[Text, Annotated[list[Text], Field(max_length=16)], None]
 
 
 class _Request(BaseModel):
@@ -53,12 +65,12 @@ class _Sampling(_Request):
 
 class TextPart(_Request):
     type: Literal["text"]
-    text: str
+    text: Text
 
 
 class ChatMessage(_Request):
     role: Literal["system", "developer", "user", "assistant"]
-    content: Union[str, list[TextPart]]
+    content: Union[Text, list[TextPart]]
     name: str | None = None
 
 
@@ -70,7 +82,7 @@ class ChatCompletionRequest(_Sampling):
 
 
 class CompletionRequest(_Sampling):
-    prompt: Union[str, Annotated[list[str], Field(min_length=1, max_length=64)],
+    prompt: Union[Text, Annotated[list[Text], Field(min_length=1, max_length=64)],
                   Annotated[list[int], Field(min_length=1)],
                   Annotated[list[Annotated[list[int], Field(min_length=1)]], Field(min_length=1, max_length=64)]]
     logprobs: int | None = Field(None, ge=0, le=20)
@@ -81,14 +93,14 @@ class CompletionRequest(_Sampling):
 
 class TokenizeRequest(_Request):
     model: str | None = None
-    prompt: str | None = None
+    prompt: Text | None = None
     messages: list[ChatMessage] | None = Field(None, min_length=1)
     add_special_tokens: bool = True
 
 
 class InteractiveRequest(_Request):
     """LMDeploy's /v1/chat/interactive: the server keeps the history, the client sends the new turn."""
-    prompt: Union[str, list[ChatMessage]] = ""
+    prompt: Union[Text, list[ChatMessage]] = ""
     session_id: int = Field(-1, ge=-1, le=2 ** 62, description="-1: the server picks one and returns it")
     interactive_mode: bool = Field(False, description="keep the session after this turn; false ends it")
     stream: bool = False

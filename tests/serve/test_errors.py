@@ -1,6 +1,7 @@
 """Every bad input is a 4xx in OpenAI's error shape, naming the problem, and disturbs no one else."""
 from __future__ import annotations
 
+import json
 import threading
 
 import httpx
@@ -59,6 +60,11 @@ CASES = [
     (COMPLETIONS, {"prompt": "x", "max_tokens": 10 ** 12}, 400, "max_tokens", ["too large"]),
     ("/v1/chat/interactive", {"prompt": "", "interactive_mode": True}, 400, "prompt", ["empty"]),
     ("/v1/chat/interactive", {"cancel": True}, 400, "session_id", ["session_id"]),
+    (CHAT, {"messages": [{"role": "user", "content": "a\ud800b"}]}, 400, "messages", ["surrogate"]),
+    (CHAT, {"messages": MSG, "stop": ["\udfff"]}, 400, "stop", ["surrogate"]),
+    (COMPLETIONS, {"prompt": ["ok", "a\ud800"]}, 400, "prompt", ["surrogate"]),
+    ("/tokenize", {"prompt": "\ud800"}, 400, "prompt", ["surrogate"]),
+    ("/v1/chat/interactive", {"prompt": "\udc00"}, 400, "prompt", ["surrogate"]),
     ("/tokenize", {}, 400, "prompt", ["exactly one"]),
     ("/v1/nowhere", {}, 404, None, ["no route"]),
 ]
@@ -67,10 +73,9 @@ CASES = [
 @pytest.mark.parametrize("path,body,status,param,words", CASES,
                          ids=[f"{i}-{c[0].rsplit('/', 1)[-1]}" for i, c in enumerate(CASES)])
 def test_bad_request_gets_openai_error(server, path, body, status, param, words):
-    if isinstance(body, bytes):
-        r = httpx.post(server.url + path, content=body, headers={"content-type": "application/json"})
-    else:
-        r = httpx.post(server.url + path, json=body)
+    # json.dumps escapes to ASCII, so lone surrogates travel as JSON allows ("\ud800")
+    raw = body if isinstance(body, bytes) else json.dumps(body).encode()
+    r = httpx.post(server.url + path, content=raw, headers={"content-type": "application/json"})
     assert r.status_code == status, r.text
     error = r.json()["error"]
     assert set(error) == {"message", "type", "param", "code"}
