@@ -12,13 +12,12 @@ from lmserve.serve.formatting import DONE, TokenText, chat_logprobs, event_strea
 from lmserve.serve.generation import ClientGone, Generation, unless_disconnected
 from lmserve.serve.prompts import (check_prompt, encode_messages, fan_out, generation_config,
                                    template_messages)
-from lmserve.serve.protocol import ChatCompletionRequest, ChatCompletionResponse, ErrorResponse
+from lmserve.serve.protocol import ERROR_RESPONSES, ChatCompletionRequest, ChatCompletionResponse
 
 router = APIRouter()
-ERRORS = {code: {"model": ErrorResponse} for code in (400, 401, 404, 429, 500, 503)}
 
 
-@router.post("/v1/chat/completions", response_model=ChatCompletionResponse, responses=ERRORS,
+@router.post("/v1/chat/completions", response_model=ChatCompletionResponse, responses=ERROR_RESPONSES,
              summary="Chat completion (OpenAI); `stream: true` answers with server-sent events")
 async def create_chat_completion(body: ChatCompletionRequest, request: Request):
     ctx = get_context(request)

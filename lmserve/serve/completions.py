@@ -10,13 +10,12 @@ import time
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 
-from lmserve.serve.chat import ERRORS
 from lmserve.serve.context import ServerContext, get_context
 from lmserve.serve.errors import APIError, bad_request, sse_error
 from lmserve.serve.formatting import DONE, TokenText, completion_logprobs, event_stream, new_id, sse, usage
 from lmserve.serve.generation import ClientGone, Generation, unless_disconnected
 from lmserve.serve.prompts import check_prompt, encode_text, fan_out, generation_config
-from lmserve.serve.protocol import CompletionRequest, CompletionResponse
+from lmserve.serve.protocol import ERROR_RESPONSES, CompletionRequest, CompletionResponse
 
 router = APIRouter()
 _DEFAULT_MAX_TOKENS = 16      # OpenAI's default for this endpoint
@@ -39,7 +38,7 @@ def _prompts(ctx: ServerContext, prompt) -> tuple[list[list[int]], list[str]]:
     return ids, texts
 
 
-@router.post("/v1/completions", response_model=CompletionResponse, responses=ERRORS,
+@router.post("/v1/completions", response_model=CompletionResponse, responses=ERROR_RESPONSES,
              summary="Text completion (OpenAI legacy); `stream: true` answers with server-sent events")
 async def create_completion(body: CompletionRequest, request: Request):
     ctx = get_context(request)

@@ -14,13 +14,12 @@ import uuid
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 
-from lmserve.serve.chat import ERRORS
 from lmserve.serve.context import get_context
 from lmserve.serve.errors import APIError, bad_request
 from lmserve.serve.formatting import ClosingStreamingResponse
 from lmserve.serve.generation import ClientGone, Generation, Job, unless_disconnected
 from lmserve.serve.prompts import check_prompt, encode_messages, generation_config, template_messages
-from lmserve.serve.protocol import InteractiveRequest, InteractiveResponse
+from lmserve.serve.protocol import ERROR_RESPONSES, InteractiveRequest, InteractiveResponse
 
 router = APIRouter()
 
@@ -30,7 +29,7 @@ def _reply(text: str, tokens: int, input_tokens: int, history_tokens: int, finis
             "finish_reason": finish_reason, "session_id": session_id}
 
 
-@router.post("/v1/chat/interactive", response_model=InteractiveResponse, responses=ERRORS,
+@router.post("/v1/chat/interactive", response_model=InteractiveResponse, responses=ERROR_RESPONSES,
              summary="Stateful chat (LMDeploy): send only the new turn; the server keeps the history")
 async def chat_interactive(body: InteractiveRequest, request: Request):
     ctx = get_context(request)

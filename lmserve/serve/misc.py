@@ -7,18 +7,17 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from lmserve.serve.chat import ERRORS
 from lmserve.serve.context import get_context
 from lmserve.serve.errors import bad_request
 from lmserve.serve.prompts import encode_messages, template_messages
-from lmserve.serve.protocol import ModelCard, ModelList, TokenizeRequest, TokenizeResponse
+from lmserve.serve.protocol import ERROR_RESPONSES, ModelCard, ModelList, TokenizeRequest, TokenizeResponse
 
 open_router = APIRouter()       # no API key needed: probes and scrapers
 router = APIRouter()
 
 
 @open_router.get("/health", summary="200 while the engine runs, 503 once it has stopped",
-                 responses={503: {"model": ERRORS[400]["model"]}})
+                 responses={503: ERROR_RESPONSES[503]})
 async def health(request: Request):
     ctx = get_context(request)
     if not ctx.pipeline.loop.alive:
@@ -36,14 +35,14 @@ async def metrics(request: Request):
     return Response(body, media_type=CONTENT_TYPE_LATEST)
 
 
-@router.get("/v1/models", response_model=ModelList, responses=ERRORS, summary="The served model (OpenAI)")
+@router.get("/v1/models", response_model=ModelList, responses=ERROR_RESPONSES, summary="The served model (OpenAI)")
 async def list_models(request: Request):
     ctx = get_context(request)
     card = ModelCard(id=ctx.model_name, created=ctx.created, max_model_len=ctx.limits.session_len)
     return ModelList(data=[card])
 
 
-@router.post("/tokenize", response_model=TokenizeResponse, responses=ERRORS,
+@router.post("/tokenize", response_model=TokenizeResponse, responses=ERROR_RESPONSES,
              summary="Token ids of a raw prompt, or of messages after the chat template")
 async def tokenize(body: TokenizeRequest, request: Request):
     ctx = get_context(request)

@@ -130,6 +130,10 @@ class ErrorResponse(BaseModel):
     error: ErrorInfo
 
 
+# For the OpenAPI schema: the statuses an endpoint may answer besides 200, all in this shape.
+ERROR_RESPONSES = {code: {"model": ErrorResponse} for code in (400, 401, 404, 429, 500, 503)}
+
+
 class Usage(BaseModel):
     prompt_tokens: int
     completion_tokens: int

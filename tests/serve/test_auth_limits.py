@@ -14,7 +14,9 @@ MSG = [{"role": "user", "content": "hi"}]
 
 def test_requests_without_a_valid_key_get_401(guarded_server):
     url = guarded_server.url
-    for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": API_KEY}, {"Authorization": "Basic " + API_KEY}):
+    bad_headers = ({}, {"Authorization": "Bearer wrong"}, {"Authorization": API_KEY},
+                   {"Authorization": "Basic " + API_KEY}, {"Authorization": f"Bearer {API_KEY}x"})
+    for headers in bad_headers:
         for method, path, body in (("GET", "/v1/models", None), ("POST", "/v1/chat/completions", {"messages": MSG}),
                                    ("POST", "/tokenize", {"prompt": "x"}),
                                    ("POST", "/v1/chat/interactive", {"prompt": "x"})):
