@@ -13,6 +13,7 @@ import re
 from functools import partial
 from typing import Any, Iterator
 
+import numpy as np
 import torch
 
 from lmserve.model.config import ModelConfig
@@ -52,6 +53,11 @@ def load_gguf(path: str, keep_gguf_quantized: bool = False) -> LoadedModel:
                          f"{', '.join(sorted(GGUF_ARCHITECTURES))}")
     _check_tensor_types(gguf)
     config = gguf_config(gguf)
+    for tensor_name in gguf.tensors:     # fail now, not half-way through a stream
+        try:
+            canonical_gguf_name(tensor_name)
+        except ValueError as e:
+            raise ValueError(f"{path}: {e}") from None
     raw_types = _raw_types(gguf) if keep_gguf_quantized else []
     if raw_types:
         config.quantization = {"quant_method": "gguf", "raw_qtypes": raw_types}
@@ -123,12 +129,16 @@ def canonical_gguf_name(name: str) -> str:
     return f"model.layers.{m.group(1)}.{_LAYER_NAMES[m.group(2)]}.{m.group(3)}"
 
 
-def unpermute_rows(rows: torch.Tensor, n_heads: int) -> torch.Tensor:
-    """Undo llama.cpp's q/k row permutation (rows may be floats or raw ggml block rows)."""
+def unpermute_rows(rows: np.ndarray, n_heads: int) -> np.ndarray:
+    """Undo llama.cpp's q/k row permutation (rows may be floats or raw ggml block rows).
+
+    llama.cpp stores each head's rows as pairs (i, i + head_dim/2) interleaved; HF keeps the two
+    halves apart. numpy rather than torch for the reason given in gguf_dequant.py.
+    """
     head_dim = rows.shape[0] // n_heads
     rest = rows.shape[1:]
-    return (rows.reshape(n_heads, head_dim // 2, 2, *rest).transpose(1, 2)
-            .reshape(rows.shape).contiguous())
+    paired = rows.reshape(n_heads, head_dim // 2, 2, *rest).swapaxes(1, 2)
+    return np.ascontiguousarray(paired).reshape(rows.shape)
 
 
 def _checked_weights(gguf: GGUFFile, config: ModelConfig, keep_quantized: bool,
@@ -146,13 +156,12 @@ def _weights(gguf: GGUFFile, config: ModelConfig, keep_quantized: bool) -> Itera
         elif permuted and ".attn_k." in info.name:
             heads = config.num_kv_heads
         if keep_quantized and _keeps_raw(info):
-            data = torch.from_numpy(gguf.raw(info.name))
-            if heads:
-                data = unpermute_rows(data, heads)
-            yield name, GGUFRawWeight(info.qtype.name, data, info.shape)
+            # a copy either way, so that the tensor never aliases the memory-mapped file
+            data = unpermute_rows(gguf.raw(info.name), heads) if heads else gguf.raw(info.name).copy()
+            yield name, GGUFRawWeight(info.qtype.name, torch.from_numpy(data), info.shape)
             continue
-        tensor = dequantize(gguf.raw(info.name), info.qtype, info.shape)
-        yield name, unpermute_rows(tensor, heads) if heads else tensor
+        values = dequantize(gguf.raw(info.name), info.qtype, info.shape)
+        yield name, torch.from_numpy(unpermute_rows(values, heads) if heads else values)
 
 
 def _keeps_raw(info: GGUFTensorInfo) -> bool:

@@ -56,4 +56,4 @@ class GGUFRawWeight:
     def dequantize(self) -> torch.Tensor:
         """The float32 weight; for tests and fallbacks, not for the hot path."""
         from lmserve.model.gguf_dequant import dequantize_blocks
-        return dequantize_blocks(self.data, self.qtype).reshape(self.shape)
+        return torch.from_numpy(dequantize_blocks(self.data.numpy(), self.qtype)).reshape(self.shape)

@@ -34,6 +34,8 @@ def load_hf(path: str) -> LoadedModel:
     merge_generation_ids(config, generation)
     files = weight_files(path)
     tokenizer = load_hf_tokenizer(path)
+    if not config.eos_token_ids and tokenizer.eos_token_id is not None:
+        config.eos_token_ids = [tokenizer.eos_token_id]    # old configs without eos_token_id
     template = getattr(tokenizer, "chat_template", None) or _template_from_tokenizer_config(path)
     defaults = {k: generation[k] for k in GENERATION_KEYS if generation.get(k) is not None}
     stream = partial(_stream, files, family, config, path)

