@@ -8,6 +8,7 @@ import sys
 from lmserve import __version__
 from lmserve.cli.chat import add_chat_parser
 from lmserve.cli.info import add_info_parsers
+from lmserve.cli.serve import add_serve_parser
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -16,6 +17,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     add_chat_parser(sub)
     add_info_parsers(sub)
+    add_serve_parser(sub)
     return parser
 
 
