@@ -39,8 +39,7 @@ template <int G>
 TileFn pick_tile(int bits, int R, int MB) {
   using namespace tiles;
   if (R == 4) return bits == 4 ? tile4<4, 1, G> : tile8<4, 1, G>;
-  if (R == 2) return MB == 2 ? (bits == 4 ? tile4<2, 2, G> : tile8<2, 2, G>)
-                             : (bits == 4 ? tile4<2, 1, G> : tile8<2, 1, G>);
+  if (R == 2) return bits == 4 ? tile4<2, 2, G> : tile8<2, 2, G>;   // only M == 2 uses R = 2
   switch (MB) {
     case 1: return bits == 4 ? tile4<1, 1, G> : tile8<1, 1, G>;
     case 2: return bits == 4 ? tile4<1, 2, G> : tile8<1, 2, G>;
@@ -56,6 +55,10 @@ TileFn pick_tile(const QuantMatrix& w, int R, int MB) {
     default: return pick_tile<128>(w.bits, R, MB);
   }
 }
+
+struct RowTiles {
+  TileFn full, last, single, single_last;
+};
 
 void to_f32(const void* src, bool half, int64_t n, float* dst) {
   if (!half) {
@@ -124,6 +127,11 @@ void gemv_rows(const QuantMatrix& w, const float* prep, int64_t M, const float* 
   std::vector<float> params(2 * R * ngp, 0.0f);   // zero padding makes the min loop branch-free
   float* s = params.data();
   float* mn = w.mins ? s + R * ngp : nullptr;
+  // Tiles picked once per call: full blocks of 4 x rows, the last partial block, and single
+  // weight rows for the rows left over at the end of this thread's range.
+  const int last_mb = static_cast<int>((M - 1) % kBlockM + 1);
+  const RowTiles tiles{pick_tile(w, R, static_cast<int>(std::min<int64_t>(M, kBlockM))),
+                       pick_tile(w, R, last_mb), pick_tile(w, 1, 1), pick_tile(w, 1, last_mb)};
   float out[4];
   for (int64_t o = row_begin; o < row_end;) {
     const int r_tile = row_end - o >= R ? R : 1;
@@ -131,11 +139,14 @@ void gemv_rows(const QuantMatrix& w, const float* prep, int64_t M, const float* 
     const uint8_t* q = w.q + o * w.q_stride;
     for (int64_t m0 = 0; m0 < M; m0 += kBlockM) {
       const int mb = static_cast<int>(std::min<int64_t>(kBlockM, M - m0));
-      pick_tile(w, r_tile, mb)(q, w.q_stride, s, mn, ngp, prep + m0 * in, xsum + m0 * ngp,
-                               in, out);
-      for (int r = 0; r < r_tile; ++r)
-        for (int m = 0; m < mb; ++m)
-          y[(m0 + m) * ldy + o + r] = out[r * mb + m] + (bias ? bias[o + r] : 0.0f);
+      const bool last = m0 + kBlockM >= M;
+      const TileFn tile = r_tile == R ? (last ? tiles.last : tiles.full)
+                                      : (last ? tiles.single_last : tiles.single);
+      tile(q, w.q_stride, s, mn, ngp, prep + m0 * in, xsum + m0 * ngp, in, out);
+      for (int r = 0; r < r_tile; ++r) {
+        const float b = bias ? bias[o + r] : 0.0f;
+        for (int m = 0; m < mb; ++m) y[(m0 + m) * ldy + o + r] = out[r * mb + m] + b;
+      }
     }
     o += r_tile;
   }
