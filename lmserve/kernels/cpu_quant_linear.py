@@ -23,9 +23,9 @@ from .quant_weight import QuantWeight
 
 logger = logging.getLogger(__name__)
 
-# Largest M that takes the GEMV path. Measured on 2-core Zen 3 with SmolLM2-135M shapes
-# (benchmarks/bench_cpu_quant_linear.py): see docs/benchmarks.md for the crossover.
-GEMV_MAX_M = 8
+# Largest M that takes the GEMV path. Measured on Zen 3, all SmolLM2-135M linears, one thread:
+# Q4_1 M=20 GEMV 128 ms vs tiled 138 ms, M=24 154 vs 153, M=32 205 vs 182 (docs/benchmarks.md).
+GEMV_MAX_M = 20
 
 _CSRC = Path(__file__).parent / "csrc"
 _SOURCES = ("quant_linear_bind.cpp", "quant_gemv.cpp")
@@ -43,18 +43,23 @@ def quant_linear_ref(x: torch.Tensor, w: QuantWeight, bias: torch.Tensor | None 
                      ) -> torch.Tensor:
     """The definition: fp32 x @ dequant(W).T (+ bias), materializing the fp32 weight."""
     _check_x(x, w)
-    y = torch.nn.functional.linear(x.float(), w.dequantize(), None if bias is None else bias.float())
-    return y
+    return torch.nn.functional.linear(x.float(), w.dequantize(),
+                                      None if bias is None else bias.float())
 
 
 def quant_linear(x: torch.Tensor, w: QuantWeight, bias: torch.Tensor | None = None
                  ) -> torch.Tensor:
-    """fp32 [..., in] -> fp32 [..., out] with the weight in low-bit form."""
+    """fp32 [..., in] -> fp32 [..., out] with the weight in low-bit form.
+
+    Other float dtypes of x are computed in fp32. Inference only: no autograd graph is built.
+    """
     ext = _ext_cache.get("ext", _MISSING)
     if ext is _MISSING:
         ext = load_extension()
     if ext is None:
         return quant_linear_ref(x, w, bias)
+    if bias is not None and bias.dtype != torch.float32:
+        bias = bias.float()
     if x.dim() != 2:
         _check_x(x, w)
         y = ext.quant_linear(x.reshape(-1, x.shape[-1]).float(), w.qweight, w.scales, w.mins,

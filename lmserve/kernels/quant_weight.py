@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from . import quant_layout
@@ -82,8 +83,14 @@ class QuantWeight:
                    None if mins is None else mins.contiguous(), bits, group_size)
 
     @classmethod
-    def from_gguf_blocks(cls, qtype: str, data: torch.Tensor, shape) -> QuantWeight:
-        """ggml Q4_0/Q4_1/Q8_0 bytes; shape is (out, in) in torch order (GGUF lists it reversed)."""
+    def from_gguf_blocks(cls, qtype: str, data, shape) -> QuantWeight:
+        """ggml Q4_0/Q4_1/Q8_0 bytes; shape is (out, in) in torch order (GGUF lists it reversed).
+
+        data: uint8 [out, bytes_per_row] (any shape with that many bytes), a torch tensor or a
+        numpy array such as gguf's read-only memmap (copied, since the layout changes anyway).
+        """
+        if not isinstance(data, torch.Tensor):
+            data = torch.from_numpy(np.array(data, dtype=np.uint8, copy=True))
         if qtype not in quant_layout.GGML_BLOCK_BYTES:
             raise ValueError(f"QuantWeight.from_gguf_blocks: unsupported ggml type {qtype!r}; "
                              f"supported: {sorted(quant_layout.GGML_BLOCK_BYTES)}")

@@ -1,6 +1,7 @@
 """quant_linear equals fp32 x @ dequant(W).T for every weight format, batch size and odd shape."""
 from __future__ import annotations
 
+import functools
 import logging
 import platform
 import threading
@@ -18,13 +19,20 @@ FORMATS = ["Q4_0", "Q4_1", "Q8_0", "AWQ_g64", "AWQ_g32", "RTN4_g32", "RTN4_g64",
            "RTN8_g32", "RTN8_g64", "RTN8_g128"]
 # out not a multiple of 8 or 16; in = 576 and 1536 are SmolLM2's, 96 ends in a half chunk of 32.
 SHAPES = [(37, 576), (100, 1536), (13, 96)]
-BATCHES = [1, 3, 8, 9, 64]          # 8 / 9 straddle GEMV_MAX_M, 64 takes the tiled GEMM
+# 3: a partial block of x rows, 8: two blocks; GEMV_MAX_M and one more straddle the switch
+# from the GEMV to the tiled GEMM, which 64 takes too.
+BATCHES = [1, 3, 8, cql.GEMV_MAX_M, cql.GEMV_MAX_M + 1, 64]
 
 
 def make_weight(fmt: str, out: int, in_features: int, seed: int = 0) -> QuantWeight:
     group = int(fmt.rsplit("_g", 1)[1]) if "_g" in fmt else 32
     if in_features % group:
         pytest.skip(f"group {group} does not divide in_features {in_features}")
+    return _build_weight(fmt, out, in_features, seed, group)
+
+
+@functools.lru_cache(maxsize=None)     # one build per format and shape, shared by every M
+def _build_weight(fmt: str, out: int, in_features: int, seed: int, group: int) -> QuantWeight:
     gen = torch.Generator().manual_seed(seed)
     if fmt in ("Q4_0", "Q4_1", "Q8_0"):
         data = torch.from_numpy(random_ggml_bytes(fmt, out, in_features, seed))
@@ -39,9 +47,14 @@ def make_weight(fmt: str, out: int, in_features: int, seed: int = 0) -> QuantWei
     return QuantWeight.quantize(torch.randn(out, in_features, generator=gen), bits, group)
 
 
+@functools.lru_cache(maxsize=64)
+def _dense(w: QuantWeight) -> torch.Tensor:
+    return w.dequantize().double()
+
+
 def assert_matches(y: torch.Tensor, x: torch.Tensor, w: QuantWeight, bias=None, tol=1e-4):
     """|y - x @ W.T| relative to |x| @ |W|.T: the scale of fp32 accumulation-order error."""
-    dense = w.dequantize().double()
+    dense = _dense(w)
     want = x.double() @ dense.T
     scale = x.double().abs() @ dense.abs().T
     if bias is not None:
