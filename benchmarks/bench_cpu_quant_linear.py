@@ -13,8 +13,14 @@ import json
 import statistics
 import time
 
+import sys
+from pathlib import Path
+
 import torch
 import torch.nn.functional as F
+
+# Run from a source checkout without installing: the repository root holds the package.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from lmserve.kernels.cpu_quant_linear import load_extension, quant_linear
 from lmserve.kernels.quant_weight import QuantWeight

@@ -1,11 +1,14 @@
 // Register tiles of the low-bit GEMV: R weight rows x MB activation rows, R * MB <= 4.
 // Included by quant_gemv.cpp only. Layouts are described there and in quant_gemv.h.
 //
-// Why the tile shapes: one int->float convert per 8 weights (vcvtdq2ps, one per cycle on Zen 3)
-// bounds the decode at ~8 cycles per 64 weights, and reaching it needs >= 4 independent FMA
-// chains. With one x row, four weight rows give the four chains and share every x load;
-// with 2 x rows, two weight rows; with 3-4 x rows the x rows alone suffice. Measured on Zen 3:
-// 1 row x 1 chain ~18.5, 4 rows ~9.6 cycles per 64 weights (in = 576).
+// Why the tile shapes: a 64-weight chunk costs ~28 vector uops (8 AND/shift, 8 converts, 8 FMAs
+// with x, 2 scale folds), ~7-8 cycles at Zen 3's 4 FP pipes, and getting there needs >= 4
+// independent FMA chains. With one x row, four weight rows give the four chains and share every
+// x load; with 2 x rows, two weight rows; with 3-4 x rows the x rows alone suffice. Measured on
+// Zen 3 (cycles per 64 weights per x row, in = 576, 32-byte aligned x in L1): 1 row x 1 chain
+// ~18.5 (~13.7 with 2 chains), 4 rows 9.2; M = 2 (2x2) 7.2; M = 4 (1x4) 6.3.
+// Tried and slower: dequantize-then-FMA (w = q s + m, then one FMA per x row) for M = 2-4, and
+// interleaving the two groups' chains of a chunk.
 #pragma once
 #include <immintrin.h>
 
