@@ -16,6 +16,7 @@ from lmserve.chat_template import ChatTemplate
 from lmserve.config import ChatTemplateConfig, EngineConfig, GenerationConfig
 from lmserve.engine.engine import Engine, RequestOutput
 from lmserve.engine.engine_loop import EngineLoop
+from lmserve.engine.model_runner import resolve_device
 from lmserve.model.loader import load_model
 
 logger = logging.getLogger(__name__)
@@ -52,7 +53,10 @@ class Pipeline:
     def __init__(self, model_path: str | None = None, backend_config: EngineConfig | None = None,
                  chat_template_config: ChatTemplateConfig | None = None):
         self.backend_config = backend_config or EngineConfig()
-        loaded = load_model(model_path, load_format=self.backend_config.load_format)
+        cfg = self.backend_config
+        # the low-bit kernels are CPU kernels; on a GPU a GGUF is dequantized at load
+        keep_low_bit = resolve_device(cfg).type == "cpu" and not cfg.dequantize_gguf
+        loaded = load_model(model_path, load_format=cfg.load_format, keep_gguf_quantized=keep_low_bit)
         self.model_name, self.model_path = loaded.model_name, loaded.model_path
         self.tokenizer = loaded.tokenizer
         self.generation_defaults = loaded.generation_defaults

@@ -32,6 +32,8 @@ def add_engine_args(parser: argparse.ArgumentParser) -> None:
     add_flag(g, "dtype", default="auto", choices=["auto", "float32", "float16", "bfloat16"])
     add_flag(g, "device", default="auto", choices=["auto", "cpu", "cuda"])
     add_flag(g, "load_format", default="auto", choices=["auto", "hf", "gguf", "dummy"])
+    add_flag(g, "dequantize_gguf", action="store_true",
+             help="run a GGUF's low-bit weights as floats (default on CPU: kept low-bit, faster)")
     add_flag(g, "tp", type=int, default=1, help="tensor parallel size")
     add_flag(g, "log_level", default="WARNING", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
 
@@ -57,7 +59,8 @@ def engine_config_from_args(args) -> EngineConfig:
                             max_batch_size=args.max_batch_size, cache_max_entry_count=args.cache_max_entry_count,
                             cache_block_seq_len=args.cache_block_seq_len, num_blocks=args.num_blocks,
                             max_prefill_token_num=args.max_prefill_token_num,
-                            enable_prefix_caching=args.enable_prefix_caching, load_format=args.load_format)
+                            enable_prefix_caching=args.enable_prefix_caching, load_format=args.load_format,
+                            dequantize_gguf=args.dequantize_gguf)
     except ValueError as e:
         raise SystemExit(f"error: {e}")
 

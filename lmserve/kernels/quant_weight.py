@@ -165,6 +165,14 @@ class QuantWeight:
         w = self.codes().float() * per_element(self.scales)
         return w if self.mins is None else w + per_element(self.mins)
 
+    def take_rows(self, index: torch.Tensor) -> torch.Tensor:
+        """fp32 [*index.shape, in] of the rows at `index`, dequantizing only those rows (an
+        embedding lookup that keeps the table low-bit)."""
+        flat = index.reshape(-1)
+        mins = None if self.mins is None else self.mins[flat]
+        picked = QuantWeight(self.qweight[flat], self.scales[flat], mins, self.bits, self.group_size)
+        return picked.dequantize().reshape(*index.shape, self.in_features)
+
     def rows(self, start: int, end: int) -> QuantWeight:
         """Output rows [start, end) as views (no copy): one of fused q/k/v, or a TP shard."""
         if not 0 <= start < end <= self.out_features:

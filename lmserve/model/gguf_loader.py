@@ -168,8 +168,10 @@ def _keeps_raw(info: GGUFTensorInfo) -> bool:
     if info.qtype.name not in RAW_BLOCK_SIZES or len(info.shape) != 2:
         return False
     m = _LAYER_RE.match(info.name)
-    return info.name == "output.weight" or (m is not None and m.group(2) in _LINEAR
-                                            and m.group(3) == "weight")
+    # the embedding too: its rows are looked up by dequantizing only the rows asked for, and when
+    # tied it is also the output head, the largest single matmul of a small model
+    return info.name in ("output.weight", "token_embd.weight") or (
+        m is not None and m.group(2) in _LINEAR and m.group(3) == "weight")
 
 
 def _raw_types(gguf: GGUFFile) -> list[str]:

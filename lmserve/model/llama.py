@@ -10,14 +10,16 @@ import re
 import torch
 from torch import nn
 
+from lmserve.kernels.quant_weight import QuantWeight
 from lmserve.model.config import ModelConfig
+from lmserve.model.gguf_raw import GGUFRawWeight
 from lmserve.nn.activation import silu_and_mul
 from lmserve.nn.attention import AttentionMetadata, PagedAttention
 from lmserve.nn.embedding import ParallelLMHead, VocabParallelEmbedding
 from lmserve.nn.linear import MergedColumnParallelLinear, QKVParallelLinear, RowParallelLinear
 from lmserve.nn.norm import RMSNorm
 from lmserve.nn.parallel import ParallelContext
-from lmserve.nn.rotary import RotaryEmbedding, apply_rotary
+from lmserve.nn.rotary import RotaryEmbedding, apply_rotary_packed
 
 
 class DecoderLayer(nn.Module):
@@ -37,15 +39,9 @@ class DecoderLayer(nn.Module):
     def forward(self, cos_sin, hidden, residual, kv_cache, meta: AttentionMetadata):
         hidden, residual = self.input_layernorm(hidden, residual)
         qkv = self.qkv_proj(hidden)
-        q_size, kv_size = self.heads * self.head_dim, self.kv_heads * self.head_dim
-        q, k, v = qkv.split([q_size, kv_size, kv_size], dim=-1)
-        t = hidden.shape[0]
-        q = q.view(t, self.heads, self.head_dim)
-        k = k.view(t, self.kv_heads, self.head_dim)
-        v = v.view(t, self.kv_heads, self.head_dim)
-        q, k = apply_rotary(cos_sin, q, k)
+        q, k, v = apply_rotary_packed(cos_sin, qkv, self.heads, self.kv_heads, self.head_dim)
         attn = self.attn(q, k, v, kv_cache, meta)
-        hidden = self.o_proj(attn.reshape(t, q_size))
+        hidden = self.o_proj(attn.reshape(hidden.shape[0], self.heads * self.head_dim))
         hidden, residual = self.post_attention_layernorm(hidden, residual)
         hidden = self.down_proj(silu_and_mul(self.gate_up_proj(hidden)))
         return hidden, residual
@@ -95,6 +91,8 @@ class LlamaForCausalLM(nn.Module):
         """Consume (canonical name, tensor or QuantWeight) pairs; every parameter must be found."""
         seen_norm = False
         for name, tensor in weights:
+            if isinstance(tensor, GGUFRawWeight):    # served at its own bit width, never as float
+                tensor = QuantWeight.from_gguf_blocks(tensor.qtype, tensor.data, tensor.shape)
             m = _LAYER_KEY.match(name)
             if m:
                 layer = self.layers[int(m.group(1))]

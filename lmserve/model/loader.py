@@ -78,7 +78,7 @@ def load_model(model_path: str | None = None, load_format: str = "auto",
         return load_dummy(kind, path, dummy_seed)
     kind, path = _resolve(model_path, load_format)
     if keep_gguf_quantized and kind != "gguf":
-        logger.warning("keep_gguf_quantized only applies to GGUF files; %s is loaded as is", path)
+        logger.debug("keep_gguf_quantized only applies to GGUF files; %s is loaded as is", path)
     if kind == "gguf":
         from lmserve.model.gguf_loader import load_gguf
         return load_gguf(path, keep_gguf_quantized=keep_gguf_quantized)

@@ -1,10 +1,6 @@
 """SiLU-and-multiply over a packed [gate | up] projection."""
 from __future__ import annotations
 
-import torch
-import torch.nn.functional as F
+from lmserve.kernels.cpu_ops import silu_and_mul
 
-
-def silu_and_mul(gate_up: torch.Tensor) -> torch.Tensor:
-    gate, up = gate_up.chunk(2, dim=-1)
-    return F.silu(gate) * up
+__all__ = ["silu_and_mul"]

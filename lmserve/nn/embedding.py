@@ -1,4 +1,8 @@
-"""Token embedding and output head, split over tensor-parallel ranks along the vocabulary."""
+"""Token embedding and output head, split over tensor-parallel ranks along the vocabulary.
+
+Either may hold a low-bit QuantWeight (a GGUF's Q8_0 token table): lookups dequantize only the
+rows asked for, and the head runs the low-bit matmul kernel, so no float copy is ever made.
+"""
 from __future__ import annotations
 
 import torch
@@ -8,25 +12,45 @@ from torch import nn
 from lmserve.nn.parallel import ParallelContext
 
 
+def _is_quant(w) -> bool:
+    return not isinstance(w, torch.Tensor)
+
+
+def _vocab_slice(full, start: int, rows: int, dtype: torch.dtype):
+    """This rank's rows of a [vocab, hidden] table, float or low-bit."""
+    if _is_quant(full):
+        return full.rows(start, min(start + rows, full.out_features))
+    return full[start:start + rows].to(dtype).contiguous()
+
+
+def _check_shape(what: str, full, expected: tuple[int, int]) -> None:
+    if tuple(full.shape) != expected:
+        raise ValueError(f"{what} has shape {tuple(full.shape)}, expected {expected}")
+
+
 class VocabParallelEmbedding(nn.Module):
     def __init__(self, vocab_size: int, hidden: int, dtype: torch.dtype, parallel: ParallelContext):
         super().__init__()
         self.vocab_size, self.hidden, self.dtype, self.parallel = vocab_size, hidden, dtype, parallel
         self.per_rank = -(-vocab_size // parallel.size)
         self.start = parallel.rank * self.per_rank
-        self.weight: torch.Tensor | None = None
+        self.weight = None          # torch.Tensor or QuantWeight after loading
 
-    def load(self, full: torch.Tensor) -> None:
-        if full.shape != (self.vocab_size, self.hidden):
-            raise ValueError(f"embedding has shape {tuple(full.shape)}, expected {(self.vocab_size, self.hidden)}")
-        self.weight = full[self.start:self.start + self.per_rank].to(self.dtype).contiguous()
+    def load(self, full) -> None:
+        _check_shape("embedding", full, (self.vocab_size, self.hidden))
+        self.weight = _vocab_slice(full, self.start, self.per_rank, self.dtype)
+
+    def _lookup(self, ids: torch.Tensor) -> torch.Tensor:
+        if _is_quant(self.weight):
+            return self.weight.take_rows(ids).to(self.dtype)
+        return F.embedding(ids, self.weight)
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         if self.parallel.size == 1:
-            return F.embedding(ids, self.weight)
+            return self._lookup(ids)
         local = ids - self.start
         outside = (local < 0) | (local >= self.weight.shape[0])
-        out = F.embedding(local.masked_fill(outside, 0), self.weight)
+        out = self._lookup(local.masked_fill(outside, 0))
         out = out.masked_fill(outside.unsqueeze(-1), 0)
         return self.parallel.all_reduce(out)
 
@@ -41,19 +65,22 @@ class ParallelLMHead(nn.Module):
         self.tied_to = tied_to
         self.per_rank = -(-vocab_size // parallel.size)
         self.start = parallel.rank * self.per_rank
-        self._weight: torch.Tensor | None = None
+        self._weight = None
 
     @property
-    def weight(self) -> torch.Tensor | None:
+    def weight(self):
         return self.tied_to.weight if self.tied_to is not None else self._weight
 
-    def load(self, full: torch.Tensor) -> None:
-        if full.shape != (self.vocab_size, self.hidden):
-            raise ValueError(f"lm_head has shape {tuple(full.shape)}, expected {(self.vocab_size, self.hidden)}")
-        self._weight = full[self.start:self.start + self.per_rank].to(self.dtype).contiguous()
+    def load(self, full) -> None:
+        _check_shape("lm_head", full, (self.vocab_size, self.hidden))
+        self._weight = _vocab_slice(full, self.start, self.per_rank, self.dtype)
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        logits = F.linear(hidden, self.weight).float()
+        if _is_quant(self.weight):
+            from lmserve.kernels.cpu_quant_linear import quant_linear
+            logits = quant_linear(hidden, self.weight)
+        else:
+            logits = F.linear(hidden, self.weight).float()
         if self.parallel.size > 1:
             logits = self.parallel.all_gather_last_dim(logits)
         return logits[:, :self.vocab_size]

@@ -9,6 +9,8 @@ from __future__ import annotations
 import math
 
 import torch
+
+from lmserve.kernels.cpu_ops import rotary_qk_inplace, rotary_ref
 from torch import nn
 
 
@@ -80,12 +82,23 @@ class RotaryEmbedding(nn.Module):
         return self.cos[positions].unsqueeze(1).to(dtype), self.sin[positions].unsqueeze(1).to(dtype)
 
 
-def _rotate_half(x: torch.Tensor) -> torch.Tensor:
-    half = x.shape[-1] // 2
-    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
-
-
 def apply_rotary(cos_sin: tuple[torch.Tensor, torch.Tensor], q: torch.Tensor, k: torch.Tensor):
     """q: [T, H, D], k: [T, KV, D]; returns both rotated, in their own dtype."""
     cos, sin = cos_sin
-    return q * cos + _rotate_half(q) * sin, k * cos + _rotate_half(k) * sin
+    return rotary_ref(q, cos, sin), rotary_ref(k, cos, sin)
+
+
+def apply_rotary_packed(cos_sin: tuple[torch.Tensor, torch.Tensor], qkv: torch.Tensor,
+                        q_heads: int, kv_heads: int, head_dim: int):
+    """Split a packed [T, (H + 2 KV) * D] projection into rotated q, rotated k and v views.
+
+    The fused kernel rotates q and k where they lie (qkv is a fresh matmul output, never shared).
+    """
+    t = qkv.shape[0]
+    q_size, kv_size = q_heads * head_dim, kv_heads * head_dim
+    rotated = rotary_qk_inplace(qkv, q_heads, kv_heads, head_dim, *cos_sin)
+    q, k, v = qkv.split([q_size, kv_size, kv_size], dim=-1)
+    q, k, v = q.view(t, q_heads, head_dim), k.view(t, kv_heads, head_dim), v.view(t, kv_heads, head_dim)
+    if not rotated:
+        q, k = apply_rotary(cos_sin, q, k)
+    return q, k, v

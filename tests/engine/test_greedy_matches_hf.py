@@ -41,7 +41,8 @@ def test_prompts_have_different_lengths(prompts):
     assert lengths[0] < 40 and lengths[-1] > 150
 
 
-@pytest.mark.parametrize("mode", ["one_by_one", "batched", "prefix_cache", "chunked", "preempted"])
+@pytest.mark.parametrize("mode", ["one_by_one", "batched", "prefix_cache", "chunked", "preempted",
+                                  "low_bit_weights"])
 def test_greedy_equals_transformers(mode, prompts, references, default_loaded):
     gen = GenerationConfig(max_new_tokens=MAX_NEW)
     if mode == "one_by_one":
@@ -54,6 +55,14 @@ def test_greedy_equals_transformers(mode, prompts, references, default_loaded):
         run_all(engine, prompts[:4], gen)                 # warm the cache with the shared system prompt
         outs = run_all(engine, prompts, gen)
         assert engine.blocks.prefix_hits > 0
+    elif mode == "low_bit_weights":   # the GGUF's Q4_1/Q8_0 blocks run by the CPU kernel, never as floats
+        from lmserve.kernels.quant_weight import QuantWeight
+        from lmserve.model.loader import load_model
+        engine = make_engine(load_model(None, keep_gguf_quantized=True))
+        model = engine.runner.model
+        assert isinstance(model.layers[0].qkv_proj.weight, QuantWeight)
+        assert isinstance(model.embed_tokens.weight, QuantWeight) and model.lm_head.weight is model.embed_tokens.weight
+        outs = run_all(engine, prompts, gen)
     elif mode == "chunked":
         engine = make_engine(default_loaded, max_prefill_token_num=16)
         outs = run_all(engine, prompts, gen)

@@ -89,7 +89,7 @@ def test_chat_template_comes_from_gguf(model):
 
 def test_keep_gguf_quantized_yields_raw_blocks_in_hf_row_order(ours):
     quantized = load_model(keep_gguf_quantized=True)
-    assert quantized.config.quantization == {"quant_method": "gguf", "raw_qtypes": ["Q4_1"]}
+    assert quantized.config.quantization == {"quant_method": "gguf", "raw_qtypes": ["Q4_1", "Q8_0"]}
     raw_names = []
     for name, weight in quantized.weights():
         if not isinstance(weight, GGUFRawWeight):
@@ -97,7 +97,7 @@ def test_keep_gguf_quantized_yields_raw_blocks_in_hf_row_order(ours):
             continue
         raw_names.append(name)
         assert weight.data.dtype == torch.uint8 and weight.shape == tuple(ours[name].shape)
-        assert weight.data.shape == (weight.shape[0], weight.shape[1] // 32 * 20)
+        assert weight.data.shape == (weight.shape[0], weight.shape[1] // 32 * (20 if weight.qtype == 'Q4_1' else 34))
         values = gguf_dequantize(weight.data.numpy(), GGMLQuantizationType[weight.qtype])
         # rows dequantized on their own equal the (unpermuted) dequantized tensor: the row
         # permutation was applied to whole block rows, not to bytes within them
@@ -105,8 +105,7 @@ def test_keep_gguf_quantized_yields_raw_blocks_in_hf_row_order(ours):
                            ours[name]), name
         if name.startswith("model.layers.0."):     # the convenience path, on a few weights
             assert torch.equal(weight.dequantize(), ours[name]), name
-    # every linear layer of every block is Q4_1 in this file; the Q8_0 embedding is dequantized
-    assert len(raw_names) == 30 * 7
+    # every linear layer of every block is Q4_1 in this file, plus the Q8_0 (tied) embedding
+    assert len(raw_names) == 30 * 7 + 1 and "model.embed_tokens.weight" in raw_names
     assert "model.layers.0.self_attn.q_proj.weight" in raw_names
     assert "model.layers.29.self_attn.k_proj.weight" in raw_names
-    assert "model.embed_tokens.weight" not in raw_names

@@ -124,7 +124,7 @@ def test_written_gguf_loads_as_the_original(tmp_path, vocab, arch, kind):
     k = raw["model.layers.1.self_attn.k_proj.weight"]
     assert isinstance(q, GGUFRawWeight) and (q.qtype, k.qtype) == ("Q8_0", "Q4_1")
     assert raw["model.layers.1.self_attn.v_proj.weight"].qtype == "Q4_0"
-    assert not isinstance(raw["model.embed_tokens.weight"], GGUFRawWeight)     # not a linear layer
+    assert not isinstance(raw["model.embed_tokens.weight"], GGUFRawWeight)     # F16: not a block type
     assert not isinstance(raw["model.layers.1.self_attn.o_proj.weight"], GGUFRawWeight)   # F16
     for name in ("q_proj", "k_proj", "v_proj"):
         full = f"model.layers.1.self_attn.{name}.weight"

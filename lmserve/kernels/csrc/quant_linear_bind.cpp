@@ -4,6 +4,7 @@
 // torch's BLAS do the GEMM, so no full fp32 copy of the weight ever exists.
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
+#include <ATen/ThreadLocalState.h>
 #include <ATen/ops/addmm.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/mm.h>
@@ -89,7 +90,11 @@ at::Tensor tiled_gemm(const QuantMatrix& w, const at::Tensor& x,
                       const std::optional<at::Tensor>& bias, int64_t out) {
   at::Tensor y = at::empty({x.size(0), out}, x.options());
   const int64_t tile = std::max<int64_t>(16, kTileBytes / (w.in * 4));
+  // Worker threads do not inherit the caller's thread-local state; without it, writing into y
+  // (an inference tensor when called under torch.inference_mode) from a worker is refused.
+  const at::ThreadLocalState caller_state;
   at::parallel_for(0, out, tile, [&](int64_t begin, int64_t end) {
+    at::ThreadLocalStateGuard state_guard(caller_state);
     at::Tensor buf = at::empty({std::min(tile, end - begin), w.in}, x.options());
     float* d = buf.data_ptr<float>();
     for (int64_t r0 = begin; r0 < end; r0 += tile) {
