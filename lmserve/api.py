@@ -195,8 +195,11 @@ class Pipeline:
         ids = self.encode(prompt, do_preprocess)
         request_id = request_id or uuid.uuid4().hex
         loop, q = asyncio.get_running_loop(), asyncio.Queue()
-        self.loop.submit(request_id, ids, self._gen(gen_config), session_id,
-                         lambda out: loop.call_soon_threadsafe(q.put_nowait, out))
+
+        def deliver(out):       # after a cancel the loop may be gone; the engine has aborted then
+            if not loop.is_closed():
+                loop.call_soon_threadsafe(q.put_nowait, out)
+        self.loop.submit(request_id, ids, self._gen(gen_config), session_id, deliver)
         finished = False
         try:
             while not finished:

@@ -2,7 +2,8 @@
 
 Callers submit requests into an inbox; the loop thread alone touches the engine, adds what arrived,
 steps while there is work, and hands each output to the request's callback. A failure inside a step
-is delivered to every request of that step as an error instead of killing the thread.
+is delivered to every request of that step as an error instead of killing the thread, and a
+callback that fails (its consumer is gone, e.g. a closed asyncio loop) aborts only its own request.
 """
 from __future__ import annotations
 
@@ -41,6 +42,7 @@ class EngineLoop:
     # ---- callers ----------------------------------------------------------------------------------
     def submit(self, request_id: str, prompt_ids: list[int], gen: GenerationConfig,
                session_id: int | None, callback: Callback) -> None:
+        self._check_alive()
         self._inbox.put(_Submit(request_id, prompt_ids, gen, session_id, callback))
 
     def abort(self, request_id: str) -> None:
@@ -59,8 +61,10 @@ class EngineLoop:
             except BaseException as e:  # handed back to the caller
                 box["error"] = e
             done.set()
+        self._check_alive()
         self._inbox.put(("call", job))
-        done.wait()
+        while not done.wait(timeout=0.5):
+            self._check_alive()
         if "error" in box:
             raise box["error"]
         return box.get("value")
@@ -74,6 +78,10 @@ class EngineLoop:
     def alive(self) -> bool:
         return self._thread.is_alive()
 
+    def _check_alive(self) -> None:
+        if not self._thread.is_alive():
+            raise RuntimeError("the engine loop has stopped (closed, or crashed: see the log)")
+
     # ---- the loop thread ------------------------------------------------------------------------
     def _handle(self, item) -> None:
         engine = self.engine
@@ -82,20 +90,40 @@ class EngineLoop:
                 engine.add_request(item.request_id, item.prompt_ids, item.gen, item.session_id)
                 self._callbacks[item.request_id] = item.callback
             except Exception as e:  # bad request: tell its caller, keep serving the others
-                item.callback(e)
+                self._deliver(item.request_id, item.callback, e)
             return
         kind, arg = item
         if kind == "abort":
             out = engine.abort(arg)
             cb = self._callbacks.pop(arg, None)
             if out is not None and cb is not None:
-                cb(out)
+                self._deliver(arg, cb, out)
         elif kind == "end_session":
             engine.end_session(arg)
         elif kind == "call":
             arg(engine)
 
+    def _deliver(self, request_id: str, cb: Callback, item) -> None:
+        try:
+            cb(item)
+        except Exception as e:
+            logger.warning("request %s: its consumer is gone (%s: %s); aborting it",
+                           request_id, type(e).__name__, e)
+            if self._callbacks.pop(request_id, None) is not None:
+                try:
+                    self.engine.abort(request_id)
+                except Exception:
+                    logger.exception("abort of %s failed", request_id)
+
     def _run(self) -> None:
+        try:
+            self._serve()
+        except BaseException as e:          # a bug in the loop itself: fail loudly, hang no one
+            logger.exception("the engine loop crashed")
+            self._fail_all(RuntimeError(f"the engine loop crashed: {type(e).__name__}: {e}"))
+            raise
+
+    def _serve(self) -> None:
         while not self._stopping.is_set():
             try:
                 item = self._inbox.get(timeout=None if not self.engine.has_work() else 0)
@@ -113,10 +141,10 @@ class EngineLoop:
                 continue
             for out in outputs:
                 cb = self._callbacks.get(out.request_id)
+                if cb is not None:
+                    self._deliver(out.request_id, cb, out)
                 if out.finished:
                     self._callbacks.pop(out.request_id, None)
-                if cb is not None:
-                    cb(out)
         self._fail_all(RuntimeError("the engine was shut down"))
 
     def _fail_all(self, error: BaseException) -> None:
@@ -125,5 +153,8 @@ class EngineLoop:
                 self.engine.abort(request_id)
             except Exception:
                 logger.exception("abort of %s failed", request_id)
-            cb(error)
+            try:
+                cb(error)
+            except Exception:
+                logger.debug("consumer of %s is gone", request_id)
         self._callbacks.clear()

@@ -1,6 +1,9 @@
 """The LMDeploy-style Python API on the default model: batch, stream, chat sessions, async, errors."""
 from __future__ import annotations
 
+import asyncio
+import threading
+
 import pytest
 
 from lmserve import EngineConfig, GenerationConfig, pipeline
@@ -42,6 +45,33 @@ def test_chat_keeps_history_and_kv(pipe):
 def test_n_gives_several_answers(pipe):
     outs = pipe("Say something.", GenerationConfig(max_new_tokens=8, n=3, do_sample=True, random_seed=1))
     assert len(outs) == 3 and len({tuple(o.token_ids) for o in outs}) > 1
+
+
+def test_async_generate_and_cancel_frees_blocks(pipe):
+    async def run():
+        text = ""
+        async for out in pipe.generate("Hi!", GEN):
+            text += out.delta_text
+        agen = pipe.generate("Count to one hundred.", GenerationConfig(max_new_tokens=200, ignore_eos=True))
+        await agen.__anext__()
+        await agen.aclose()         # a client that goes away, then its event loop closes
+        return text
+    text = asyncio.run(run())
+    assert text == pipe("Hi!", GEN).text
+    assert pipe.loop.call(lambda e: (e.blocks.num_free_blocks, e.has_work())) == (96, False)
+
+
+def test_a_failing_consumer_aborts_only_its_own_request(pipe):
+    calls = threading.Event()
+
+    def broken(out):
+        calls.set()
+        raise RuntimeError("consumer vanished")
+    pipe.loop.submit("broken", pipe.encode("Count to one hundred."),
+                     GenerationConfig(max_new_tokens=200, ignore_eos=True), None, broken)
+    assert calls.wait(timeout=60)
+    assert pipe("Hi!", GEN).text          # the engine thread survived and serves others
+    assert pipe.loop.call(lambda e: (e.blocks.num_free_blocks, e.has_work())) == (96, False)
 
 
 def test_bad_requests_raise_and_leave_the_engine_working(pipe):
