@@ -120,7 +120,7 @@ class BlockManager:
         return True
 
     def free(self, seq: Sequence) -> None:
-        self._release(seq.block_table)
+        self.release(seq.block_table)
         seq.block_table = []
         seq.num_computed_tokens = 0
 
@@ -134,11 +134,12 @@ class BlockManager:
                 # Writing into a shared or cached block would corrupt others: recompute it instead.
                 keep_blocks -= 1
                 num_tokens = keep_blocks * bs
-        self._release(seq.block_table[keep_blocks:])
+        self.release(seq.block_table[keep_blocks:])
         del seq.block_table[keep_blocks:]
         seq.num_computed_tokens = min(seq.num_computed_tokens, num_tokens)
 
-    def _release(self, block_ids: list[int]) -> None:
+    def release(self, block_ids: list[int]) -> None:
+        """Drop one reference to each block: a finished sequence's, or an idle session's KV."""
         # Free the tail first so that, among cached blocks, deeper prefixes are evicted first.
         for block_id in reversed(block_ids):
             block = self._blocks[block_id]

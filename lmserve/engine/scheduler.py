@@ -114,7 +114,7 @@ class Scheduler:
                 if seq.session_id == session_id:
                     seq.session_id = None
             return True
-        self.blocks._release(state.block_table)
+        self.blocks.release(state.block_table)
         return True
 
     def _drop_idle_session_cache(self) -> bool:
@@ -122,7 +122,7 @@ class Scheduler:
         if not idle:
             return False
         state = min(idle, key=lambda s: s.last_used)
-        self.blocks._release(state.block_table)
+        self.blocks.release(state.block_table)
         state.block_table, state.num_computed_tokens = [], 0
         return True
 
