@@ -12,7 +12,7 @@ needs_ext = pytest.mark.skipif(cpu_ops._EXT.get() is None, reason="the CPU exten
 
 
 @needs_ext
-@pytest.mark.parametrize("rows", [1, 3, 37])       # 37 rows: several parallel tasks
+@pytest.mark.parametrize("rows", [1, 3, 300])      # 300 rows: several parallel tasks
 @pytest.mark.parametrize("with_residual", [False, True])
 def test_add_rms_norm_equals_reference(rows, with_residual):
     g = torch.Generator().manual_seed(rows)
@@ -25,7 +25,7 @@ def test_add_rms_norm_equals_reference(rows, with_residual):
 
 
 @needs_ext
-@pytest.mark.parametrize("rows", [1, 20])
+@pytest.mark.parametrize("rows", [1, 20, 1500])
 def test_rotary_in_place_equals_reference_on_q_and_k_only(rows):
     g = torch.Generator().manual_seed(rows)
     heads, kv, d = 4, 2, 16
@@ -50,7 +50,7 @@ def test_rotary_declines_other_dtypes():
 
 
 @needs_ext
-@pytest.mark.parametrize("rows", [1, 17])
+@pytest.mark.parametrize("rows", [1, 17, 800])
 def test_silu_and_mul_equals_reference(rows):
     gate_up = torch.randn(rows, 2 * 96, generator=torch.Generator().manual_seed(rows)) * 4
     torch.testing.assert_close(cpu_ops.silu_and_mul(gate_up), cpu_ops.silu_and_mul_ref(gate_up),

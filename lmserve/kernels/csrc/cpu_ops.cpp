@@ -8,13 +8,17 @@
 #include <ATen/ops/empty_like.h>
 #include <torch/csrc/utils/pybind.h>
 
+#include <algorithm>
 #include <cmath>
 #include <optional>
 
 namespace {
 
-// Rows per task: below this a second thread costs more than it saves.
-constexpr int64_t kRowGrain = 8;
+// Elements per task: a pass over fewer than this (a decode batch) takes microseconds, less than
+// waking a second thread, and far less than waiting for one the OS has descheduled.
+constexpr int64_t kTaskElems = 1 << 16;
+
+int64_t row_grain(int64_t cols) { return std::max<int64_t>(1, kTaskElems / std::max<int64_t>(cols, 1)); }
 
 void check_fp32_rows(const at::Tensor& t, const char* op, const char* name, int64_t cols) {
   TORCH_CHECK_VALUE(t.device().is_cpu() && t.scalar_type() == at::kFloat, op, ": ", name,
@@ -37,7 +41,7 @@ std::tuple<at::Tensor, at::Tensor> add_rms_norm(const at::Tensor& x,
   if (residual) check_fp32_rows(*residual, "add_rms_norm", "residual", n);
   at::Tensor out = at::empty({rows, n}, x.options());
   const float* w = weight.data_ptr<float>();
-  at::parallel_for(0, rows, kRowGrain, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, rows, row_grain(n), [&](int64_t begin, int64_t end) {
     for (int64_t r = begin; r < end; ++r) {
       const float* xr = x.data_ptr<float>() + r * x.stride(0);
       float* sr = sum.data_ptr<float>() + r * sum.stride(0);
@@ -69,7 +73,7 @@ void rotary_inplace(at::Tensor& x, int64_t heads, int64_t head_dim, const at::Te
   TORCH_CHECK_VALUE(cos.size(0) == x.size(0) && sin.size(0) == x.size(0),
                     "rotary_inplace: cos/sin need one row per row of x");
   const int64_t half = head_dim / 2;
-  at::parallel_for(0, x.size(0), kRowGrain, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, x.size(0), row_grain(heads * head_dim), [&](int64_t begin, int64_t end) {
     for (int64_t t = begin; t < end; ++t) {
       const float* c = cos.data_ptr<float>() + t * cos.stride(0);
       const float* s = sin.data_ptr<float>() + t * sin.stride(0);
@@ -95,7 +99,7 @@ at::Tensor silu_and_mul(const at::Tensor& gate_up) {
   const int64_t n = gate_up.size(1) / 2;
   check_fp32_rows(gate_up, "silu_and_mul", "gate_up", 2 * n);
   at::Tensor out = at::empty({gate_up.size(0), n}, gate_up.options());
-  at::parallel_for(0, gate_up.size(0), kRowGrain, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, gate_up.size(0), row_grain(2 * n), [&](int64_t begin, int64_t end) {
     for (int64_t r = begin; r < end; ++r) {
       const float* g = gate_up.data_ptr<float>() + r * gate_up.stride(0);
       const float* u = g + n;
