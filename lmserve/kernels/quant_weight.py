@@ -103,9 +103,11 @@ class QuantWeight:
             raise ValueError(f"QuantWeight.from_gguf_blocks: {qtype} {(out, in_features)} needs "
                              f"{out} x {row_bytes} uint8 bytes, got {data.dtype} "
                              f"{list(data.shape)}")
-        q, scales, mins, bits = quant_layout.parse_ggml_blocks(
-            qtype, data.contiguous(), out, in_features)
-        return cls.from_q(q, scales, mins, bits, 32)
+        if qtype == "Q8_0":
+            q, scales, mins, bits = quant_layout.parse_ggml_blocks(qtype, data.contiguous(), out, in_features)
+            return cls.from_q(q, scales, mins, bits, 32)
+        packed, scales, mins = quant_layout.ggml_q4_to_kernel(qtype, data.contiguous(), out, in_features)
+        return cls(packed, scales, mins, 4, 32)
 
     @classmethod
     def from_awq(cls, qweight: torch.Tensor, qzeros: torch.Tensor, scales: torch.Tensor,

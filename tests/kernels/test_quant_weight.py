@@ -100,3 +100,20 @@ def test_bad_shapes_name_the_problem():
         QuantWeight.from_gguf_blocks("Q5_K", torch.zeros(4, 36, dtype=torch.uint8), (4, 64))
     with pytest.raises(ValueError, match="bits must be 4 or 8 .*got bits=3"):
         QuantWeight.quantize(torch.randn(4, 64), 3, 32)
+
+
+@pytest.mark.parametrize("qtype", ["Q4_0", "Q4_1"])
+@pytest.mark.parametrize("in_features", [64, 96, 576, 1536])    # 96: an odd number of blocks
+def test_direct_ggml_repack_equals_parse_then_pack(qtype, in_features):
+    from lmserve.kernels import quant_layout as ql
+    rows, n_blocks = 24, in_features // 32
+    g = torch.Generator().manual_seed(in_features)
+    data = torch.randint(0, 256, (rows, n_blocks * ql.GGML_BLOCK_BYTES[qtype]), dtype=torch.uint8, generator=g)
+    blocks = data.view(rows, n_blocks, -1)
+    blocks[:, :, 0:2] = torch.tensor([0, 60], dtype=torch.uint8)         # finite fp16 scales
+    if qtype == "Q4_1":
+        blocks[:, :, 2:4] = torch.tensor([0, 188], dtype=torch.uint8)    # finite fp16 mins
+    q, scales, mins, _ = ql.parse_ggml_blocks(qtype, data, rows, in_features)
+    packed, scales2, mins2 = ql.ggml_q4_to_kernel(qtype, data, rows, in_features)
+    assert torch.equal(packed, ql.pack_nibbles(q))
+    assert torch.equal(scales, scales2) and torch.equal(mins, mins2)
