@@ -56,9 +56,20 @@ def format_summary(title: str, summary: dict) -> str:
     return "\n".join(lines)
 
 
+def _cpu_name() -> str:
+    try:        # Linux names the model here; platform.processor() is often empty there
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "cpu"
+
+
 def environment() -> dict:
     """Where a result was measured, stored with it so numbers are never separated from their machine."""
-    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else platform.processor() or "cpu"
+    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else _cpu_name()
     return {"date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
             "lmserve": __version__, "torch": torch.__version__, "device": device,
             "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "platform": platform.platform()}
