@@ -94,10 +94,12 @@ def _merge_splits_kernel(part_acc_ptr, part_max_ptr, part_sum_ptr, out_ptr, num_
 
 def paged_decode_attention_triton(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
                                   block_tables: torch.Tensor, context_lens: torch.Tensor,
-                                  scale: float, partition: int = PARTITION) -> torch.Tensor:
+                                  scale: float, partition: int | None = None) -> torch.Tensor:
     """q: [B, heads, D] -> [B, heads, D]. Splits when the block table can hold more than
-    `partition` tokens (known on the host from its width, so no device sync is needed)."""
+    `partition` (default PARTITION) tokens: known on the host from the table's width, so no
+    device sync is needed."""
     batch, heads, head_dim = q.shape
+    partition = partition or PARTITION
     _, cache_block, kv_heads, _ = k_cache.shape
     if q.stride(2) != 1 or heads % kv_heads or partition % _BLOCK_N:
         raise ValueError(f"paged_decode_attention_triton: need contiguous q head rows, heads "

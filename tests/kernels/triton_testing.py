@@ -2,9 +2,13 @@
 
 Triton picks interpreter or compiler when a @triton.jit function is defined (module import), and
 reads TRITON_INTERPRET again while a kernel runs. So `interpreted()` loads a private copy of a
-kernel module with TRITON_INTERPRET=1 set, whatever was imported before (triton itself, or the
-compiled copy the nn layers use on CUDA), and the `interpreter` fixture keeps the variable set
-only for the duration of a test, so GPU tests in the same process still compile their kernels.
+kernel module with TRITON_INTERPRET=1 set, whatever was imported before (the compiled copy the nn
+layers use on CUDA), and the `interpreter` fixture keeps the variable set only for the duration of
+a test, so GPU tests in the same process still compile their kernels.
+
+Triton's own library functions (tl.sum, tl.max, ...) are @triton.jit functions too, defined when
+triton is first imported. When that import happened without the interpreter (another test, or
+transformers, imported triton first), the fixture swaps them for interpreted twins for the test.
 """
 from __future__ import annotations
 
@@ -28,6 +32,13 @@ requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(),
 @pytest.fixture
 def interpreter(monkeypatch):
     monkeypatch.setenv("TRITON_INTERPRET", "1")
+    import triton.language as tl
+    from triton.runtime.interpreter import InterpretedFunction
+    from triton.runtime.jit import JITFunction
+    for module in (tl, tl.standard):
+        for name, value in list(vars(module).items()):
+            if isinstance(value, JITFunction):
+                monkeypatch.setattr(module, name, InterpretedFunction(value.fn))
 
 
 def interpreted(name: str):
