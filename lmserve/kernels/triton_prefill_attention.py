@@ -89,10 +89,11 @@ def paged_prefill_attention_triton(q: torch.Tensor, k_cache: torch.Tensor, v_cac
         raise ValueError(f"paged_prefill_attention_triton: q is {q.dtype} but the cache is "
                          f"{k_cache.dtype}")
     out = torch.empty((q_len, heads, head_dim), dtype=q.dtype, device=q.device)
+    # tl.dot needs every dimension >= 16 on the GPU: smaller head dims are padded and masked
     grid = (triton.cdiv(q_len, _BLOCK_M), heads)
     _prefill_kernel[grid](
         q, k_cache, v_cache, block_table, out, scale, q_len, context_len, q.stride(0), q.stride(1),
         out.stride(0), out.stride(1), GROUP=heads // kv_heads, KV_HEADS=kv_heads,
-        HEAD_DIM=head_dim, BLOCK_D=next_power_of_2(head_dim), CACHE_BLOCK=cache_block,
+        HEAD_DIM=head_dim, BLOCK_D=max(16, next_power_of_2(head_dim)), CACHE_BLOCK=cache_block,
         BLOCK_M=_BLOCK_M, BLOCK_N=_BLOCK_N, DOT_FP32=dot_in_fp32(q.dtype, q.device))
     return out
