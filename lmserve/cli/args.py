@@ -35,6 +35,7 @@ def add_engine_args(parser: argparse.ArgumentParser) -> None:
     add_flag(g, "dequantize_gguf", action="store_true",
              help="run a GGUF's low-bit weights as floats (default on CPU: kept low-bit, faster)")
     add_flag(g, "tp", type=int, default=1, help="tensor parallel size")
+    add_flag(g, "eager_mode", action="store_true", help="CUDA: run decode steps without CUDA graphs")
     add_flag(g, "log_level", default="WARNING", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
 
 
@@ -60,7 +61,7 @@ def engine_config_from_args(args) -> EngineConfig:
                             cache_block_seq_len=args.cache_block_seq_len, num_blocks=args.num_blocks,
                             max_prefill_token_num=args.max_prefill_token_num,
                             enable_prefix_caching=args.enable_prefix_caching, load_format=args.load_format,
-                            dequantize_gguf=args.dequantize_gguf)
+                            dequantize_gguf=args.dequantize_gguf, eager_mode=args.eager_mode)
     except ValueError as e:
         raise SystemExit(f"error: {e}")
 

@@ -13,6 +13,7 @@ import os
 import torch
 
 from lmserve.config import EngineConfig
+from lmserve.engine.cuda_graphs import maybe_decode_graphs
 from lmserve.engine.scheduler import ScheduledBatch
 from lmserve.engine.sequence import Sequence
 from lmserve.model.config import ModelConfig
@@ -54,6 +55,19 @@ def _available_ram() -> int:
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
 
 
+def _move_loaded_weights(model: torch.nn.Module, device: torch.device) -> None:
+    """Linear and embedding layers hold their loaded weights as plain attributes (a tensor or a
+    QuantWeight, made on CPU by the loader), which the device context the model was built in does
+    not reach: move them to the model's device."""
+    if device.type == "cpu":
+        return
+    for module in model.modules():
+        for name in ("weight", "_weight", "bias"):   # _weight: an untied lm_head
+            value = module.__dict__.get(name)
+            if value is not None and hasattr(value, "to"):
+                setattr(module, name, value.to(device))
+
+
 class ModelRunner:
     def __init__(self, model_cfg: ModelConfig, weights, cfg: EngineConfig, session_len: int,
                  parallel: ParallelContext = ParallelContext()):
@@ -64,6 +78,7 @@ class ModelRunner:
         with torch.device(self.device):
             self.model = LlamaForCausalLM(model_cfg, self.dtype, session_len, parallel)
         self.model.load_weights(weights)
+        _move_loaded_weights(self.model, self.device)
         self.model.eval()
         kv_heads, d = self.model.num_local_kv_heads, model_cfg.head_dim
         elem = torch.finfo(self.dtype).bits // 8
@@ -72,6 +87,8 @@ class ModelRunner:
         shape = (self.num_blocks, self.block_size, kv_heads, d)
         self.kv_caches = [(self._zeros(shape), self._zeros(shape)) for _ in range(model_cfg.num_layers)]
         self.generator = torch.Generator(device=self.device).manual_seed(cfg.seed)
+        self.decode_graphs = maybe_decode_graphs(self.model, self.kv_caches, cfg, self.device,
+                                                 session_len, self.block_size)
 
     def _zeros(self, shape: tuple[int, ...]) -> torch.Tensor:
         if self.device.type != "cpu":
@@ -134,7 +151,10 @@ class ModelRunner:
         `rows` describes those sequences, in batch order.
         """
         input_ids, positions, meta, sample_rows = self._prepare(batch)
-        hidden = self.model(input_ids, positions, self.kv_caches, meta)
+        if self.decode_graphs is not None and self.decode_graphs.can_run(meta, len(input_ids)):
+            hidden = self.decode_graphs.run(input_ids, positions, meta)
+        else:
+            hidden = self.model(input_ids, positions, self.kv_caches, meta)
         if not sample_rows:
             return None
         logits = self.model.compute_logits(hidden[sample_rows])

@@ -17,6 +17,7 @@ from . import quant_layout
 BITS = (4, 8)
 GROUP_SIZES = (32, 64, 128)
 _SCALE_DTYPES = (torch.float16, torch.float32)
+_DEVICES = ("cpu", "cuda")     # CPU: the C++ kernel; CUDA: the Triton kernel (triton_quant_linear)
 
 
 @dataclass(slots=True, eq=False)
@@ -35,8 +36,8 @@ class QuantWeight:
                              f"got {self.group_size}")
         want = torch.uint8 if self.bits == 4 else torch.int8
         q = self.qweight
-        if q.dtype != want or q.dim() != 2 or q.device.type != "cpu" or q.stride(1) != 1:
-            raise ValueError(f"QuantWeight: {self.bits}-bit qweight must be a 2-D CPU {want} "
+        if q.dtype != want or q.dim() != 2 or q.device.type not in _DEVICES or q.stride(1) != 1:
+            raise ValueError(f"QuantWeight: {self.bits}-bit qweight must be a 2-D CPU or CUDA {want} "
                              f"tensor with contiguous rows, got {q.dtype} {tuple(q.shape)}")
         in_features = self.in_features
         if in_features % self.group_size:
@@ -50,6 +51,8 @@ class QuantWeight:
             if t.dtype not in _SCALE_DTYPES or tuple(t.shape) != groups or t.stride(1) != 1:
                 raise ValueError(f"QuantWeight: {name} must be float16/float32 {list(groups)} "
                                  f"with contiguous rows, got {t.dtype} {list(t.shape)}")
+            if t.device != q.device:
+                raise ValueError(f"QuantWeight: {name} is on {t.device} but qweight on {q.device}")
 
     @property
     def in_features(self) -> int:
@@ -155,6 +158,16 @@ class QuantWeight:
                           bits, group_size)
 
     # ---- views and conversions ----------------------------------------------------------------
+
+    @property
+    def device(self) -> torch.device:
+        return self.qweight.device
+
+    def to(self, device) -> QuantWeight:
+        """The same weight on another device (the layout does not change)."""
+        mins = None if self.mins is None else self.mins.to(device)
+        return QuantWeight(self.qweight.to(device), self.scales.to(device), mins, self.bits,
+                           self.group_size)
 
     def codes(self) -> torch.Tensor:
         """Integer codes in natural element order, [out, in]."""

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from lmserve.kernels import paged_attention as ref
+from lmserve.kernels.triton_support import use_triton
 
 
 @dataclass(slots=True)
@@ -39,6 +40,9 @@ class PagedAttention(nn.Module):
 
     def forward(self, q, k, v, kv_cache: tuple[torch.Tensor, torch.Tensor], meta: AttentionMetadata):
         """q: [T, H, D]; k, v: [T, KV, D] -> [T, H, D]."""
+        if use_triton(q):
+            from lmserve.nn.attention_triton import triton_attention_forward
+            return triton_attention_forward(q, k, v, kv_cache, meta, self.scale)
         k_cache, v_cache = kv_cache
         ref.store_kv_ref(k, v, k_cache, v_cache, meta.slot_mapping)
         out = torch.empty_like(q)

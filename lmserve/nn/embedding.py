@@ -77,8 +77,8 @@ class ParallelLMHead(nn.Module):
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         if _is_quant(self.weight):
-            from lmserve.kernels.cpu_quant_linear import quant_linear
-            logits = quant_linear(hidden, self.weight)
+            from lmserve.kernels.dispatch import quant_linear
+            logits = quant_linear(hidden, self.weight).float()
         else:
             logits = F.linear(hidden, self.weight).float()
         if self.parallel.size > 1:

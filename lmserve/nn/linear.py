@@ -76,7 +76,7 @@ class LinearBase(nn.Module):
 
     def _matmul(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         if _is_quant(self.weight):
-            from lmserve.kernels.cpu_quant_linear import quant_linear
+            from lmserve.kernels.dispatch import quant_linear
             return quant_linear(x, self.weight, bias)
         return F.linear(x, self.weight, bias)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from lmserve.kernels.cpu_ops import add_rms_norm
+from lmserve.kernels.dispatch import add_rms_norm
 
 
 class RMSNorm(nn.Module):

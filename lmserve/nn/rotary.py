@@ -10,7 +10,8 @@ import math
 
 import torch
 
-from lmserve.kernels.cpu_ops import rotary_qk_inplace, rotary_ref
+from lmserve.kernels.cpu_ops import rotary_ref
+from lmserve.kernels.dispatch import rotary_qk_inplace
 from torch import nn
 
 
