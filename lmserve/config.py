@@ -39,7 +39,7 @@ class EngineConfig:
     # True dequantizes them to `dtype` instead, for float math identical to transformers' load.
     dequantize_gguf: bool = False
     seed: int = 0
-    # tensor parallelism past one process (docs/engine.md): rendezvous as torchrun's; None reads
+    # tensor parallelism past one process (docs/serving.md): rendezvous as torchrun's; None reads
     # MASTER_ADDR / MASTER_PORT, else 127.0.0.1 and a free port (one node only)
     nnodes: int = 1
     node_rank: int = 0

@@ -39,7 +39,7 @@ def add_engine_args(parser: argparse.ArgumentParser) -> None:
 
 
 def add_tp_args(parser: argparse.ArgumentParser) -> None:
-    g = parser.add_argument_group("tensor parallel (docs/engine.md)")
+    g = parser.add_argument_group("tensor parallel (docs/serving.md)")
     add_flag(g, "tp", type=int, default=1, help="tensor parallel size: processes (one GPU or CPU core each)")
     add_flag(g, "nnodes", type=int, default=1, help="machines the --tp ranks are spread over")
     add_flag(g, "node_rank", type=int, default=0, help="this machine's index; 0 runs the engine")
