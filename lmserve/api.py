@@ -215,7 +215,9 @@ class Pipeline:
 
     # ---- lifetime -------------------------------------------------------------------------------
     def close(self) -> None:
+        """Stop the engine loop, then the engine's worker processes (tensor parallelism)."""
         self.loop.close()
+        self.engine.close()
 
     def __enter__(self):
         return self

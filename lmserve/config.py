@@ -39,6 +39,14 @@ class EngineConfig:
     # True dequantizes them to `dtype` instead, for float math identical to transformers' load.
     dequantize_gguf: bool = False
     seed: int = 0
+    # tensor parallelism past one process (docs/serving.md): rendezvous as torchrun's; None reads
+    # MASTER_ADDR / MASTER_PORT, else 127.0.0.1 and a free port (one node only)
+    nnodes: int = 1
+    node_rank: int = 0
+    master_addr: str | None = None
+    master_port: int | None = None
+    tp_timeout: float = 300.0            # s: set-up, and the longest wait inside one step's collectives
+    tp_oversubscribe: bool = False       # CPU: allow more ranks on a node than its cores
 
     def __post_init__(self):
         if self.dtype not in ("auto", "float32", "float16", "bfloat16"):
@@ -46,6 +54,14 @@ class EngineConfig:
         if self.device not in ("auto", "cpu", "cuda"):
             raise ValueError(f"--device must be one of auto, cpu, cuda, got {self.device!r}")
         _check_range("--tp", self.tp, 1)
+        _check_range("--nnodes", self.nnodes, 1)
+        _check_range("--node-rank", self.node_rank, 0, self.nnodes - 1)
+        if self.tp % self.nnodes:
+            raise ValueError(f"--tp must be a multiple of --nnodes (each node runs tp/nnodes ranks), "
+                             f"got --tp {self.tp} --nnodes {self.nnodes}")
+        if self.master_port is not None:
+            _check_range("--master-port", self.master_port, 1, 65535)
+        _check_range("--tp-timeout", self.tp_timeout, 0, lo_open=True)
         if self.session_len is not None:
             _check_range("--session-len", self.session_len, 1)
         _check_range("--max-batch-size", self.max_batch_size, 1)

@@ -34,9 +34,26 @@ def add_engine_args(parser: argparse.ArgumentParser) -> None:
     add_flag(g, "load_format", default="auto", choices=["auto", "hf", "gguf", "dummy"])
     add_flag(g, "dequantize_gguf", action="store_true",
              help="run a GGUF's low-bit weights as floats (default on CPU: kept low-bit, faster)")
-    add_flag(g, "tp", type=int, default=1, help="tensor parallel size")
     add_flag(g, "eager_mode", action="store_true", help="CUDA: run decode steps without CUDA graphs")
     add_flag(g, "log_level", default="WARNING", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    add_tp_args(parser)
+
+
+def add_tp_args(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("tensor parallel (docs/serving.md)")
+    add_flag(g, "tp", type=int, default=1, help="tensor parallel size: processes (one GPU or CPU core each)")
+    add_flag(g, "nnodes", type=int, default=1, help="machines the --tp ranks are spread over")
+    add_flag(g, "node_rank", type=int, default=0, help="this machine's index; 0 runs the engine")
+    add_flag(g, "master_addr", default=None, help="address of node 0 (default: $MASTER_ADDR, or 127.0.0.1)")
+    add_flag(g, "master_port", type=int, default=None, help="rendezvous port on node 0 (default: $MASTER_PORT, or free)")
+    add_flag(g, "tp_timeout", type=float, default=300.0,
+             help="seconds to wait for all ranks at start-up, and for a rank inside one step")
+    add_flag(g, "tp_oversubscribe", action="store_true", help="CPU: allow more ranks than cores")
+
+
+def tp_config_kwargs(args) -> dict:
+    return dict(tp=args.tp, nnodes=args.nnodes, node_rank=args.node_rank, master_addr=args.master_addr,
+                master_port=args.master_port, tp_timeout=args.tp_timeout, tp_oversubscribe=args.tp_oversubscribe)
 
 
 def add_gen_args(parser: argparse.ArgumentParser) -> None:
@@ -53,15 +70,14 @@ def add_gen_args(parser: argparse.ArgumentParser) -> None:
 def engine_config_from_args(args) -> EngineConfig:
     if args.quant_policy:
         raise SystemExit("--quant-policy 4/8 (KV-cache quantization) is not available yet; use 0")
-    if args.tp != 1:
-        raise SystemExit("--tp > 1 (tensor parallelism) is not available yet; use 1")
     try:
         return EngineConfig(dtype=args.dtype, device=args.device, session_len=args.session_len,
                             max_batch_size=args.max_batch_size, cache_max_entry_count=args.cache_max_entry_count,
                             cache_block_seq_len=args.cache_block_seq_len, num_blocks=args.num_blocks,
                             max_prefill_token_num=args.max_prefill_token_num,
                             enable_prefix_caching=args.enable_prefix_caching, load_format=args.load_format,
-                            dequantize_gguf=args.dequantize_gguf, eager_mode=args.eager_mode)
+                            dequantize_gguf=args.dequantize_gguf, eager_mode=args.eager_mode,
+                            **tp_config_kwargs(args))
     except ValueError as e:
         raise SystemExit(f"error: {e}")
 

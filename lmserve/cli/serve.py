@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import logging
 
-from lmserve.cli.args import add_engine_args, engine_config_from_args
+from lmserve.cli.args import add_engine_args, add_tp_args, engine_config_from_args, tp_config_kwargs
 from lmserve.config import ChatTemplateConfig
 
 logger = logging.getLogger(__name__)
@@ -36,7 +36,7 @@ def chat_template_config(args) -> ChatTemplateConfig:
 
 def add_serve_parser(subparsers) -> argparse.ArgumentParser:
     serve = subparsers.add_parser("serve", help="serve a model over HTTP (OpenAI-compatible), or chat with one")
-    kinds = serve.add_subparsers(dest="serve_command", metavar="{api_server,api_client}")
+    kinds = serve.add_subparsers(dest="serve_command", metavar="{api_server,api_client,worker}")
     kinds.required = True
 
     s = kinds.add_parser("api_server", help="start the OpenAI-compatible HTTP server",
@@ -70,7 +70,30 @@ def add_serve_parser(subparsers) -> argparse.ArgumentParser:
     _flag(c, "--max-tokens", type=int, default=None)
     _flag(c, "--temperature", type=float, default=None)
     c.set_defaults(func=run_api_client)
+
+    w = kinds.add_parser("worker", help="run this node's tensor-parallel ranks for an engine on node 0",
+                         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                         description="On --node-rank 1 and above: join the engine started on node 0 with the "
+                                     "same --tp, --nnodes, --master-addr and --master-port; the model and the "
+                                     "engine flags come from node 0.")
+    add_tp_args(w)
+    _flag(w, "--device", default="auto", choices=["auto", "cpu", "cuda"])
+    _flag(w, "--log-level", default="WARNING", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    w.set_defaults(func=run_worker)
     return serve
+
+
+def run_worker(args) -> int:
+    from lmserve.config import EngineConfig
+    from lmserve.engine.model_runner import resolve_device
+    from lmserve.engine.tp.worker import run_node
+    logging.getLogger("lmserve").setLevel(args.log_level)
+    try:
+        cfg = EngineConfig(device=args.device, **tp_config_kwargs(args))
+        run_node(cfg, resolve_device(cfg).type)
+    except (ValueError, RuntimeError) as e:
+        raise SystemExit(f"lmserve serve worker: {e}") from e
+    return 0
 
 
 def run_api_server(args) -> int:
@@ -94,7 +117,10 @@ def run_api_server(args) -> int:
     from lmserve.api import Pipeline
     from lmserve.serve.app import create_app
     from lmserve.serve.server import serve_forever
-    pipe = Pipeline(args.model_path, engine_cfg, template_cfg)
+    try:
+        pipe = Pipeline(args.model_path, engine_cfg, template_cfg)
+    except ValueError as e:     # e.g. a --tp this model cannot be split by
+        raise SystemExit(f"lmserve serve api_server: {e}") from e
     app = create_app(pipe, server_cfg, close_pipeline=True)
     serve_forever(app, args.server_name, args.server_port, args.drain_timeout, args.log_level)
     return 0

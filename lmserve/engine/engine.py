@@ -55,7 +55,14 @@ class Engine:
         self.cfg, self.tokenizer = cfg, loaded.tokenizer
         model_cfg = loaded.config
         self.session_len = cfg.session_len or model_cfg.max_position_embeddings
-        self.runner = ModelRunner(model_cfg, loaded.weights(), cfg, self.session_len)
+        self.tp = None
+        if cfg.tp > 1:
+            from lmserve.engine.model_runner import resolve_device
+            from lmserve.engine.tp.launcher import TensorParallel
+            self.tp = TensorParallel(loaded, cfg, self.session_len, resolve_device(cfg).type)
+            self.runner = self.tp.build_runner(model_cfg, loaded.weights(), self.session_len)
+        else:
+            self.runner = ModelRunner(model_cfg, loaded.weights(), cfg, self.session_len)
         self.block_size = cfg.cache_block_seq_len
         self.blocks = BlockManager(self.runner.num_blocks, self.block_size, cfg.enable_prefix_caching)
         self.scheduler = Scheduler(self.blocks, cfg.max_batch_size, cfg.max_prefill_token_num)
@@ -119,7 +126,7 @@ class Engine:
         sampling = [s for s, n in zip(batch.seqs, batch.num_new_tokens) if s.num_computed_tokens + n == s.num_tokens]
         rows = [SampleRow(s.gen_config, s.token_ids, s.num_generated, self.requests[s.request_id].stop_ids,
                           s.generator) for s in sampling]
-        result = self.runner.run(batch, rows)
+        result = self._run(batch, rows)
         self.scheduler.postprocess(batch)
         for i, seq in enumerate(sampling):
             req = self.requests[seq.request_id]
@@ -132,6 +139,26 @@ class Engine:
                 self.scheduler.finish(seq, reason)
             outputs.append(self._output(req))
         return outputs
+
+    def _run(self, batch, rows):
+        if self.tp is None:
+            return self.runner.run(batch, rows)
+        if self.tp.failure is not None:
+            raise self.tp.failure
+        try:
+            return self.runner.run(batch, rows)
+        except Exception as e:      # the ranks are out of step: nothing more can run
+            raise self.tp.step_failed(e) from e
+
+    @property
+    def fatal_error(self) -> BaseException | None:
+        """Set once the engine can run no more steps (a tensor-parallel worker died)."""
+        return None if self.tp is None else self.tp.failure
+
+    def close(self) -> None:
+        """Stop the tensor-parallel workers, if any; the engine runs no more steps after this."""
+        if self.tp is not None:
+            self.tp.close()
 
     def _finish_reason(self, req: _Request, token: int) -> str | None:
         seq, gen = req.seq, req.seq.gen_config

@@ -18,6 +18,10 @@ from lmserve.engine.engine import Engine, RequestOutput
 
 logger = logging.getLogger(__name__)
 
+# An idle tensor-parallel loop wakes this often to notice a dead worker (and stop, so that health
+# checks see it) even when no request arrives.
+_FATAL_POLL_S = 0.5
+
 Callback = Callable[[RequestOutput | BaseException], None]
 
 
@@ -36,6 +40,7 @@ class EngineLoop:
         self._inbox: queue.Queue = queue.Queue()
         self._callbacks: dict[str, Callback] = {}
         self._stopping = threading.Event()
+        self.failure: BaseException | None = None     # why the loop stopped by itself, if it did
         self._thread = threading.Thread(target=self._run, name="lmserve-engine", daemon=True)
         self._thread.start()
 
@@ -80,6 +85,8 @@ class EngineLoop:
 
     def _check_alive(self) -> None:
         if not self._thread.is_alive():
+            if self.failure is not None:
+                raise RuntimeError(f"the engine has stopped: {self.failure}")
             raise RuntimeError("the engine loop has stopped (closed, or crashed: see the log)")
 
     # ---- the loop thread ------------------------------------------------------------------------
@@ -125,8 +132,15 @@ class EngineLoop:
 
     def _serve(self) -> None:
         while not self._stopping.is_set():
+            if self.engine.fatal_error is not None:      # e.g. a tensor-parallel worker died
+                self.failure = self.engine.fatal_error
+                logger.error("the engine has stopped: %s", self.failure)
+                self._fail_all(self.failure)
+                self._refuse_queued(self.failure)
+                return
             try:
-                item = self._inbox.get(timeout=None if not self.engine.has_work() else 0)
+                idle_wait = _FATAL_POLL_S if self.engine.tp is not None else None
+                item = self._inbox.get(timeout=idle_wait if not self.engine.has_work() else 0)
                 if item == ("stop", None):
                     break
                 self._handle(item)
@@ -146,6 +160,16 @@ class EngineLoop:
                 if out.finished:
                     self._callbacks.pop(out.request_id, None)
         self._fail_all(RuntimeError("the engine was shut down"))
+
+    def _refuse_queued(self, error: BaseException) -> None:
+        """Answer requests still in the inbox, which no step will ever run."""
+        while True:
+            try:
+                item = self._inbox.get_nowait()
+            except queue.Empty:
+                return
+            if isinstance(item, _Submit):
+                self._deliver(item.request_id, item.callback, error)
 
     def _fail_all(self, error: BaseException) -> None:
         for request_id, cb in list(self._callbacks.items()):

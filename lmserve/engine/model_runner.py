@@ -9,18 +9,21 @@ import logging
 import math
 import mmap
 import os
+from typing import TYPE_CHECKING
 
 import torch
 
 from lmserve.config import EngineConfig
 from lmserve.engine.cuda_graphs import maybe_decode_graphs
 from lmserve.engine.scheduler import ScheduledBatch
-from lmserve.engine.sequence import Sequence
+from lmserve.engine.step_plan import StepPlan
 from lmserve.model.config import ModelConfig
 from lmserve.model.llama import LlamaForCausalLM
-from lmserve.nn.attention import AttentionMetadata, PrefillChunk
 from lmserve.nn.parallel import ParallelContext
 from lmserve.nn.sampler import SampleResult, SampleRow, sample
+
+if TYPE_CHECKING:
+    from lmserve.engine.tp.channel import ControlChannel
 
 logger = logging.getLogger(__name__)
 
@@ -70,8 +73,8 @@ def _move_loaded_weights(model: torch.nn.Module, device: torch.device) -> None:
 
 class ModelRunner:
     def __init__(self, model_cfg: ModelConfig, weights, cfg: EngineConfig, session_len: int,
-                 parallel: ParallelContext = ParallelContext()):
-        self.cfg, self.model_cfg = cfg, model_cfg
+                 parallel: ParallelContext = ParallelContext(), channel: ControlChannel | None = None):
+        self.cfg, self.model_cfg, self.channel = cfg, model_cfg, channel
         self.device = resolve_device(cfg)
         self.dtype = resolve_dtype(cfg, model_cfg, self.device)
         self.block_size = cfg.cache_block_seq_len
@@ -84,6 +87,8 @@ class ModelRunner:
         elem = torch.finfo(self.dtype).bits // 8
         self.kv_bytes_per_token = 2 * model_cfg.num_layers * kv_heads * d * elem
         self.num_blocks = self._count_blocks()
+        if channel is not None:         # every rank's cache must hold the same blocks
+            self.num_blocks = channel.agree_startup(self.num_blocks)
         shape = (self.num_blocks, self.block_size, kv_heads, d)
         self.kv_caches = [(self._zeros(shape), self._zeros(shape)) for _ in range(model_cfg.num_layers)]
         self.generator = torch.Generator(device=self.device).manual_seed(cfg.seed)
@@ -105,57 +110,36 @@ class ModelRunner:
             free, _ = torch.cuda.mem_get_info(self.device)
             budget = free * self.cfg.cache_max_entry_count
         else:
+            # the ranks of one node share its RAM
             budget = min(_available_ram(), _CPU_CACHE_CAP) * self.cfg.cache_max_entry_count
+            budget /= self.cfg.tp // self.cfg.nnodes
         blocks = int(budget // (self.kv_bytes_per_token * self.block_size))
         if blocks < 1:
             raise ValueError("not enough memory for a single KV block; lower the model size or set --num-blocks")
         return blocks
 
     # ---- one step -------------------------------------------------------------------------------
-    def _slots(self, seq: Sequence, start: int, end: int) -> list[int]:
-        bs, table = self.block_size, seq.block_table
-        return [table[t // bs] * bs + t % bs for t in range(start, end)]
-
-    def _prepare(self, batch: ScheduledBatch):
-        ids, positions, slots = [], [], []
-        decode_rows, decode_tables, decode_lens = [], [], []
-        prefills, sample_rows = [], []
-        for seq, n in zip(batch.seqs, batch.num_new_tokens):
-            start, row = seq.num_computed_tokens, len(ids)
-            ids.extend(seq.token_ids[start:start + n])
-            positions.extend(range(start, start + n))
-            slots.extend(self._slots(seq, start, start + n))
-            if n == 1:
-                decode_rows.append(row)
-                decode_tables.append(seq.block_table)
-                decode_lens.append(start + 1)
-            else:
-                prefills.append(PrefillChunk(row, n, start + n, torch.tensor(seq.block_table, device=self.device)))
-            if start + n == seq.num_tokens:
-                sample_rows.append(row + n - 1)
-        dev = self.device
-        meta = AttentionMetadata(slot_mapping=torch.tensor(slots, dtype=torch.long, device=dev), prefills=prefills)
-        if decode_rows:
-            width = max(len(t) for t in decode_tables)
-            padded = [t + [0] * (width - len(t)) for t in decode_tables]
-            meta.decode_rows = torch.tensor(decode_rows, dtype=torch.long, device=dev)
-            meta.decode_block_tables = torch.tensor(padded, dtype=torch.long, device=dev)
-            meta.decode_context_lens = torch.tensor(decode_lens, dtype=torch.long, device=dev)
-        return (torch.tensor(ids, dtype=torch.long, device=dev),
-                torch.tensor(positions, dtype=torch.long, device=dev), meta, sample_rows)
-
     @torch.inference_mode()
     def run(self, batch: ScheduledBatch, rows: list[SampleRow]) -> SampleResult | None:
         """Run the batch; sample one token for each sequence whose prompt is fully computed.
 
-        `rows` describes those sequences, in batch order.
+        `rows` describes those sequences, in batch order. Under TP the workers run the same plan.
         """
-        input_ids, positions, meta, sample_rows = self._prepare(batch)
+        plan = StepPlan.from_batch(batch, self.block_size)
+        if self.channel is not None:
+            self.channel.send_step(plan)
+        logits = self.execute(plan)
+        return None if logits is None else sample(logits, rows, self.generator)
+
+    @torch.inference_mode()
+    def execute(self, plan: StepPlan) -> torch.Tensor | None:
+        """The forward of one step on this rank -> logits of the sampled rows (every rank gets them:
+        the head's all-gather is a collective all ranks join)."""
+        input_ids, positions, meta, sample_rows = plan.inputs(self.device)
         if self.decode_graphs is not None and self.decode_graphs.can_run(meta, len(input_ids)):
             hidden = self.decode_graphs.run(input_ids, positions, meta)
         else:
             hidden = self.model(input_ids, positions, self.kv_caches, meta)
         if not sample_rows:
             return None
-        logits = self.model.compute_logits(hidden[sample_rows])
-        return sample(logits, rows, self.generator)
+        return self.model.compute_logits(hidden[sample_rows])

@@ -197,6 +197,32 @@ class QuantWeight:
         return QuantWeight(self.qweight[start:end], self.scales[start:end], mins,
                            self.bits, self.group_size)
 
+    def cols(self, start: int, end: int) -> QuantWeight:
+        """Input columns [start, end) as a new weight with its own memory: a row-parallel TP shard.
+
+        The bounds must fall on group boundaries, since a group shares one scale and min; a split
+        inside a group (e.g. AWQ g128 over 576 columns at tp 3) cannot be served and is refused.
+        """
+        g = self.group_size
+        if not 0 <= start < end <= self.in_features:
+            raise ValueError(f"QuantWeight.cols: need 0 <= start < end <= {self.in_features}, "
+                             f"got [{start}, {end})")
+        if start % g or end % g:
+            raise ValueError(f"QuantWeight.cols: columns [{start}, {end}) do not fall on whole "
+                             f"groups of {g}; choose a --tp whose share of the {self.in_features} "
+                             f"input features is a multiple of the group size {g}")
+        # 4-bit codes are re-packed: the kernel layout's chunks depend on the row width
+        q = self.codes()[:, start:end]
+        mins = None if self.mins is None else self.mins[:, start // g:end // g].clone()
+        return QuantWeight.from_q(q.clone(), self.scales[:, start // g:end // g].clone(), mins,
+                                  self.bits, g)
+
+    def clone(self) -> QuantWeight:
+        """A copy owning its memory, so that a slice taken with `rows` frees its source."""
+        return QuantWeight(self.qweight.clone(), self.scales.clone(),
+                           None if self.mins is None else self.mins.clone(), self.bits,
+                           self.group_size)
+
     @staticmethod
     def cat_rows(weights: list[QuantWeight]) -> QuantWeight:
         """Stack weights along the output dimension (fusing q/k/v or gate/up) into one copy."""

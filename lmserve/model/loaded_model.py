@@ -31,6 +31,9 @@ class LoadedModel:
     generation_defaults: dict[str, Any] = field(default_factory=dict)
     model_path: str = ""
     model_name: str = ""
+    # load_model's arguments, so another process (a tensor-parallel worker) can load the same
+    # model and stream its own shard; empty for a LoadedModel built by hand
+    load_args: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self):
         if not isinstance(self.config, ModelConfig):

@@ -68,6 +68,16 @@ def load_model(model_path: str | None = None, load_format: str = "auto",
     keep_gguf_quantized: yield Q4_0/Q4_1/Q8_0 linear weights of a GGUF as GGUFRawWeight.
     dummy_seed: seed of the random weights of --load-format dummy.
     """
+    loaded = _load(model_path, load_format, keep_gguf_quantized, dummy_seed)
+    if model_path is not None and os.path.exists(model_path):
+        model_path = os.path.abspath(model_path)    # other processes may run elsewhere
+    loaded.load_args = dict(model_path=model_path, load_format=load_format,
+                            keep_gguf_quantized=keep_gguf_quantized, dummy_seed=dummy_seed)
+    return loaded
+
+
+def _load(model_path: str | None, load_format: str, keep_gguf_quantized: bool,
+          dummy_seed: int) -> LoadedModel:
     if load_format not in LOAD_FORMATS:
         raise ValueError(f"--load-format must be one of {', '.join(LOAD_FORMATS)}, got {load_format!r}")
     if load_format == "dummy":

@@ -16,11 +16,14 @@ def _is_quant(w) -> bool:
     return not isinstance(w, torch.Tensor)
 
 
-def _vocab_slice(full, start: int, rows: int, dtype: torch.dtype):
-    """This rank's rows of a [vocab, hidden] table, float or low-bit."""
+def _vocab_slice(full, start: int, rows: int, dtype: torch.dtype, parallel: ParallelContext):
+    """This rank's rows of a [vocab, hidden] table, float or low-bit. Under TP the rows are
+    copied, so the full table each rank streams through is freed once it is sliced."""
     if _is_quant(full):
-        return full.rows(start, min(start + rows, full.out_features))
-    return full[start:start + rows].to(dtype).contiguous()
+        part = full.rows(start, min(start + rows, full.out_features))
+        return part.clone() if parallel.size > 1 else part
+    part = full[start:start + rows].to(dtype)
+    return part.clone(memory_format=torch.contiguous_format) if parallel.size > 1 else part.contiguous()
 
 
 def _check_shape(what: str, full, expected: tuple[int, int]) -> None:
@@ -38,7 +41,7 @@ class VocabParallelEmbedding(nn.Module):
 
     def load(self, full) -> None:
         _check_shape("embedding", full, (self.vocab_size, self.hidden))
-        self.weight = _vocab_slice(full, self.start, self.per_rank, self.dtype)
+        self.weight = _vocab_slice(full, self.start, self.per_rank, self.dtype, self.parallel)
 
     def _lookup(self, ids: torch.Tensor) -> torch.Tensor:
         if _is_quant(self.weight):
@@ -73,7 +76,7 @@ class ParallelLMHead(nn.Module):
 
     def load(self, full) -> None:
         _check_shape("lm_head", full, (self.vocab_size, self.hidden))
-        self._weight = _vocab_slice(full, self.start, self.per_rank, self.dtype)
+        self._weight = _vocab_slice(full, self.start, self.per_rank, self.dtype, self.parallel)
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         if _is_quant(self.weight):
@@ -82,5 +85,7 @@ class ParallelLMHead(nn.Module):
         else:
             logits = F.linear(hidden, self.weight).float()
         if self.parallel.size > 1:
+            if logits.shape[-1] < self.per_rank:    # the last rank's share of an uneven vocabulary
+                logits = F.pad(logits, (0, self.per_rank - logits.shape[-1]))
             logits = self.parallel.all_gather_last_dim(logits)
         return logits[:, :self.vocab_size]

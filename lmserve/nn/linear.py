@@ -21,6 +21,11 @@ def _rows(w, start: int, end: int):
     return w.rows(start, end) if _is_quant(w) else w[start:end]
 
 
+def _owned(w):
+    """A copy of a TP slice, so the full checkpoint tensor it was cut from can be freed at once."""
+    return w.clone() if _is_quant(w) else w.clone(memory_format=torch.contiguous_format)
+
+
 def _cat_rows(parts: list):
     if _is_quant(parts[0]):
         return type(parts[0]).cat_rows(parts)
@@ -51,10 +56,13 @@ class LinearBase(nn.Module):
     def load_shard(self, shard_id, tensor, kind: str = "weight") -> None:
         if shard_id not in self.shard_ids:
             raise ValueError(f"{type(self).__name__}: unknown shard {shard_id!r}, expected one of {self.shard_ids}")
+        split = self.parallel.size > 1
         if kind == "bias":
-            self._pending_bias[shard_id] = self._slice_bias(shard_id, tensor).to(self.dtype)
+            b = self._slice_bias(shard_id, tensor)
+            self._pending_bias[shard_id] = (_owned(b) if split else b).to(self.dtype)
         else:
             w = self._slice_weight(shard_id, tensor)
+            w = _owned(w) if split else w
             self._pending[shard_id] = w if _is_quant(w) else w.to(self.dtype)
         self._maybe_pack()
 
@@ -146,10 +154,8 @@ class RowParallelLinear(LinearBase):
     def _slice_weight(self, shard_id, w):
         if self.parallel.size == 1:
             return w
-        if _is_quant(w):
-            return w.cols(*self.parallel.split(self.in_features, f"{type(self).__name__} columns"))
         start, end = self.parallel.split(self.in_features, f"{type(self).__name__} columns")
-        return w[:, start:end]
+        return w.cols(start, end) if _is_quant(w) else w[:, start:end]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # The bias is added once, after the sum, not on every rank.

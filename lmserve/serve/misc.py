@@ -20,8 +20,10 @@ router = APIRouter()
                  responses={503: ERROR_RESPONSES[503]})
 async def health(request: Request):
     ctx = get_context(request)
-    if not ctx.pipeline.loop.alive:
-        return JSONResponse({"error": {"message": "the engine thread has stopped", "type": "service_unavailable",
+    loop = ctx.pipeline.loop
+    if not loop.alive:
+        why = f"the engine has stopped: {loop.failure}" if loop.failure else "the engine thread has stopped"
+        return JSONResponse({"error": {"message": why, "type": "service_unavailable",
                                        "param": None, "code": "engine_dead"}}, status_code=503)
     return JSONResponse({"status": "ok"})
 

@@ -34,6 +34,22 @@ class DrainingServer(uvicorn.Server):
                                         timeout_graceful_shutdown=drain_timeout + _ABORT_GRACE_S,
                                         access_log=log_level.upper() == "DEBUG"))
         self.app, self.drain_timeout = app, drain_timeout
+        self.engine_failure: BaseException | None = None
+
+    async def on_tick(self, counter: int) -> bool:
+        """uvicorn's once-per-0.1 s check; also stop serving when the engine has died (e.g. a
+        tensor-parallel worker was killed): /health answered 503 meanwhile, and the process exits
+        with the reason, so a supervisor restarts it instead of keeping a server that cannot answer."""
+        if await super().on_tick(counter):
+            return True
+        ctx = getattr(getattr(self.app, "state", None), "ctx", None)
+        loop = getattr(getattr(ctx, "pipeline", None), "loop", None)
+        if counter % 5 == 0 and loop is not None and not loop.alive and loop.failure is not None:
+            self.engine_failure = loop.failure
+            logger.error("the engine has stopped (%s); shutting the server down", loop.failure)
+            self.should_exit = True
+            return True
+        return False
 
     async def shutdown(self, sockets=None) -> None:
         ctx = getattr(getattr(self.app, "state", None), "ctx", None)
@@ -62,6 +78,8 @@ def serve_forever(app, host: str = "0.0.0.0", port: int = 23333, drain_timeout: 
     shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
     print(f"lmserve api_server on http://{shown}:{port} (OpenAI API under /v1, docs at /docs)", flush=True)
     server.run()
+    if server.engine_failure is not None:
+        raise SystemExit(f"lmserve api_server: the engine has stopped: {server.engine_failure}")
     if not server.started:
         raise SystemExit(f"could not start the server on {host}:{port} (is the port in use?)")
 

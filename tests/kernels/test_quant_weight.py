@@ -117,3 +117,19 @@ def test_direct_ggml_repack_equals_parse_then_pack(qtype, in_features):
     packed, scales2, mins2 = ql.ggml_q4_to_kernel(qtype, data, rows, in_features)
     assert torch.equal(packed, ql.pack_nibbles(q))
     assert torch.equal(scales, scales2) and torch.equal(mins, mins2)
+
+
+@pytest.mark.parametrize("bits", [4, 8])
+@pytest.mark.parametrize("span", [(0, 192), (192, 384), (384, 576), (64, 96)])
+def test_cols_is_the_dequantized_column_slice(bits, span):
+    w = QuantWeight.quantize(torch.randn(6, 576, generator=torch.Generator().manual_seed(2)), bits, 32)
+    part = w.cols(*span)
+    assert part.shape == (6, span[1] - span[0])
+    assert torch.equal(part.dequantize(), w.dequantize()[:, span[0]:span[1]])
+    assert part.qweight.untyped_storage().data_ptr() != w.qweight.untyped_storage().data_ptr()
+
+
+def test_cols_inside_a_group_is_refused():
+    w = QuantWeight.quantize(torch.randn(4, 768), 4, 128)      # AWQ g128 at tp 4: 192 columns each
+    with pytest.raises(ValueError, match=r"columns \[0, 192\) do not fall on whole groups of 128"):
+        w.cols(0, 192)
