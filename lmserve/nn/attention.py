@@ -2,7 +2,9 @@
 
 The step's tokens come flattened ([T, ...]); the metadata says which belong to which sequence.
 Decoding sequences (one token each) are attended together in one batched call; prompt chunks one
-sequence at a time, each over its cached prefix.
+sequence at a time, each over its cached prefix. On CPU, decode attention runs the C++ kernel that
+reads the paged cache in place (kernels/cpu_paged_attention.py); the torch references in
+kernels/paged_attention.py define every op and serve wherever that kernel does not apply.
 """
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ import torch
 from torch import nn
 
 from lmserve.kernels import paged_attention as ref
+from lmserve.kernels.cpu_paged_attention import paged_decode_attention
 
 
 @dataclass(slots=True)
@@ -43,7 +46,7 @@ class PagedAttention(nn.Module):
         ref.store_kv_ref(k, v, k_cache, v_cache, meta.slot_mapping)
         out = torch.empty_like(q)
         if meta.decode_rows is not None:
-            out[meta.decode_rows] = ref.paged_decode_attention_ref(
+            out[meta.decode_rows] = paged_decode_attention(
                 q[meta.decode_rows], k_cache, v_cache, meta.decode_block_tables,
                 meta.decode_context_lens, self.scale)
         for chunk in meta.prefills:
