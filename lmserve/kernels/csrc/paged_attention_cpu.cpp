@@ -25,6 +25,9 @@ namespace {
 
 using namespace lmserve::attn;
 constexpr int kMaxRows = 4;    // query rows scored together: 2 tokens x 4 rows = 8 accumulators
+// Below this many (token, KV head) pairs in the batch (~40 us on one core) a second thread
+// costs more in wake-up and barrier than it saves.
+constexpr int64_t kMinParallelWork = 4096;
 
 struct DecodeProblem {
   const float* q;
@@ -209,11 +212,12 @@ void attend(const DecodeProblem& p, int64_t b, int64_t h, Scratch& w) {
 // Tasks are (sequence, KV head) pairs handed out one at a time from a shared counter: contexts
 // differ a lot in a batch, and a static split would leave one thread waiting on the other.
 template <typename T>
-void run_all(const DecodeProblem& p, int64_t batch) {
+void run_all(const DecodeProblem& p, int64_t batch, int64_t total_context) {
   const int64_t tasks = batch * p.kv_heads;
   const int64_t sp = (p.block_size + 7) / 8 * 8;
   std::atomic<int64_t> next{0};
-  const int64_t workers = std::min<int64_t>(at::get_num_threads(), tasks);
+  const int64_t workers = total_context * p.kv_heads < kMinParallelWork
+                              ? 1 : std::min<int64_t>(at::get_num_threads(), tasks);
   at::parallel_for(0, workers, 1, [&](int64_t begin, int64_t end) {
     Scratch w(p.group, p.head_dim, sp);
     for (int64_t i = begin; i < end; ++i)
@@ -224,7 +228,9 @@ void run_all(const DecodeProblem& p, int64_t batch) {
 void check(bool ok, const char* what) { TORCH_CHECK_VALUE(ok, "paged_decode_attention: ", what); }
 
 // Every block a sequence reads must exist: a bad table would otherwise read out of bounds.
-void check_tables(const DecodeProblem& p, int64_t batch, int64_t width, int64_t num_blocks) {
+// Returns the sum of the context lengths.
+int64_t check_tables(const DecodeProblem& p, int64_t batch, int64_t width, int64_t num_blocks) {
+  int64_t total = 0;
   for (int64_t b = 0; b < batch; ++b) {
     const int64_t ctx = p.context_lens[b];
     TORCH_CHECK_VALUE(ctx >= 0 && ctx <= width * p.block_size, "paged_decode_attention: context ",
@@ -235,7 +241,9 @@ void check_tables(const DecodeProblem& p, int64_t batch, int64_t width, int64_t 
       TORCH_CHECK_VALUE(blk >= 0 && blk < num_blocks, "paged_decode_attention: block id ", blk,
                         " of sequence ", b, " is outside the cache's ", num_blocks, " blocks");
     }
+    total += ctx;
   }
+  return total;
 }
 
 // q [B, H, D] fp32; caches [num_blocks, block_size, KV, D] fp32/fp16/bf16; block_tables
@@ -274,10 +282,10 @@ at::Tensor paged_decode_attention(const at::Tensor& q, const at::Tensor& k_cache
                   context_lens.data_ptr<int64_t>(),
                   out.data_ptr<float>(), out.stride(0), out.stride(1),
                   KV, H / KV, D, k_cache.size(1), static_cast<float>(scale)};
-  check_tables(p, B, block_tables.size(1), k_cache.size(0));
-  if (dtype == at::kFloat) run_all<float>(p, B);
-  else if (dtype == at::kHalf) run_all<c10::Half>(p, B);
-  else run_all<c10::BFloat16>(p, B);
+  const int64_t total = check_tables(p, B, block_tables.size(1), k_cache.size(0));
+  if (dtype == at::kFloat) run_all<float>(p, B, total);
+  else if (dtype == at::kHalf) run_all<c10::Half>(p, B, total);
+  else run_all<c10::BFloat16>(p, B, total);
   return out;
 }
 
