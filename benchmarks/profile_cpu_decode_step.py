@@ -6,7 +6,7 @@ around the engine's phases (schedule, _prepare, model forward, logits, sampling,
 and output), once under torch.profiler for the ops inside the forward (the C++ attention
 kernel is wrapped in a record_function so it shows by name).
 
-    python benchmarks/profile_cpu_decode_step.py [--num-prompts 64] [--steps 5]
+    python benchmarks/profile_cpu_decode_step.py [--num-prompts 64] [--steps 5] [--threads 1]
 """
 from __future__ import annotations
 
@@ -45,6 +45,9 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--num-prompts", type=int, default=64)
     p.add_argument("--steps", type=int, default=5)
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch threads for the profiled steps (1: work alone, without waits for a "
+                        "descheduled second thread on a busy machine)")
     a = p.parse_args()
     loaded = load_model(None)
     engine = Engine(loaded, EngineConfig(device="cpu"))
@@ -56,6 +59,8 @@ def main() -> None:
     seqs = lambda: [r.seq for r in engine.requests.values()]          # noqa: E731
     while any(s.num_generated < 2 for s in seqs()):                  # prefill, first decodes
         engine.step()
+    if a.threads:
+        torch.set_num_threads(a.threads)
     contexts = [s.num_tokens for s in seqs()]
     print(f"batch {len(contexts)}, context mean {sum(contexts) / len(contexts):.0f} "
           f"(min {min(contexts)}, max {max(contexts)}), {torch.get_num_threads()} threads")

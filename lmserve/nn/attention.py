@@ -28,7 +28,7 @@ class PrefillChunk:
 @dataclass(slots=True)
 class AttentionMetadata:
     slot_mapping: torch.Tensor                       # [T] cache slot of every token of the step
-    decode_rows: torch.Tensor | None = None          # [Bd] rows of decoding tokens
+    decode_rows: torch.Tensor | None = None          # [Bd] rows of decoding tokens, ascending
     decode_block_tables: torch.Tensor | None = None  # [Bd, max_blocks]
     decode_context_lens: torch.Tensor | None = None  # [Bd]
     prefills: list[PrefillChunk] = field(default_factory=list)
@@ -44,6 +44,11 @@ class PagedAttention(nn.Module):
         """q: [T, H, D]; k, v: [T, KV, D] -> [T, H, D]."""
         k_cache, v_cache = kv_cache
         ref.store_kv_ref(k, v, k_cache, v_cache, meta.slot_mapping)
+        if meta.decode_rows is not None and not meta.prefills and len(meta.decode_rows) == q.shape[0]:
+            # A pure decode step: the rows are all tokens, in order, so skip the gather of q
+            # and the scatter of the result (on a busy 2-core CPU they cost as much as attention).
+            return paged_decode_attention(q, k_cache, v_cache, meta.decode_block_tables,
+                                          meta.decode_context_lens, self.scale)
         out = torch.empty_like(q)
         if meta.decode_rows is not None:
             out[meta.decode_rows] = paged_decode_attention(

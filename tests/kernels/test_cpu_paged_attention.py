@@ -136,3 +136,35 @@ def test_other_names_in_the_switch_leave_this_kernel_on(monkeypatch):
     monkeypatch.setenv("LMSERVE_DISABLE_CPU_EXT", "quant_gemv")
     assert cpu_extension.disabled_reason("lmserve_paged_attention") is None
     assert cpu_extension.disabled_reason("lmserve_quant_gemv") is not None
+
+
+def test_attention_layer_decode_rows_alone_or_mixed_with_a_prefill():
+    """PagedAttention gives each decoding row the reference result, whether the step is pure
+    decode (the kernel writes the output directly) or mixed with a prompt chunk."""
+    from lmserve.nn.attention import AttentionMetadata, PagedAttention, PrefillChunk
+
+    layer = PagedAttention(9, 3, 64)
+    q, k_cache, v_cache, tables, lens = make_problem(3, 9, 3, 64, 16, [5, 40, 17])
+    slots = torch.stack([tables[b, (n - 1) // 16] * 16 + (n - 1) % 16
+                         for b, n in enumerate(lens.tolist())])
+    new_k, new_v = torch.randn(3, 3, 64), torch.randn(3, 3, 64)
+    k_ref, v_ref = k_cache.clone(), v_cache.clone()
+    k_ref.view(-1, 3, 64)[slots], v_ref.view(-1, 3, 64)[slots] = new_k, new_v
+    want = paged_decode_attention_ref(q, k_ref, v_ref, tables, lens, layer.scale)
+
+    meta = AttentionMetadata(slots, torch.arange(3), tables, lens)
+    got = layer(q, new_k, new_v, (k_cache.clone(), v_cache.clone()), meta)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=2e-6)
+
+    # The same three decode rows at rows 0, 1, 4 of a step that also has a 2-token prompt.
+    prompt_q, prompt_kv = torch.randn(2, 9, 64), torch.randn(2, 3, 64)
+    used = {int(tables[b, i]) for b, n in enumerate(lens.tolist()) for i in range(-(-n // 16))}
+    free = min(set(range(k_cache.shape[0])) - used)       # a block no sequence above uses
+    rows = torch.tensor([0, 1, 4])
+    mixed = [torch.cat([x[:2], p, x[2:]]) for x, p in ((q, prompt_q), (new_k, prompt_kv),
+                                                       (new_v, prompt_kv))]
+    meta = AttentionMetadata(torch.cat([slots[:2], torch.tensor([free * 16, free * 16 + 1]),
+                                        slots[2:]]), rows, tables, lens,
+                             [PrefillChunk(2, 2, 2, torch.tensor([free]))])
+    got = layer(*mixed, (k_cache.clone(), v_cache.clone()), meta)
+    torch.testing.assert_close(got[rows], want, rtol=1e-5, atol=2e-6)
