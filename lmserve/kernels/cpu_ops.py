@@ -10,10 +10,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .cpu_quant_linear import _unsupported_reason
 from .cpu_extension import CPUExtension
 
-_EXT = CPUExtension("lmserve_cpu_ops", ("cpu_ops.cpp",), _unsupported_reason)
+_EXT = CPUExtension("lmserve_cpu_ops", ("cpu_ops.cpp",), reference="torch element-wise ops")
 
 
 def add_rms_norm_ref(x, residual, weight, eps):

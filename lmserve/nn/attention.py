@@ -2,7 +2,9 @@
 
 The step's tokens come flattened ([T, ...]); the metadata says which belong to which sequence.
 Decoding sequences (one token each) are attended together in one batched call; prompt chunks one
-sequence at a time, each over its cached prefix.
+sequence at a time, each over its cached prefix. On CPU, decode attention runs the C++ kernel that
+reads the paged cache in place (kernels/cpu_paged_attention.py); the torch references in
+kernels/paged_attention.py define every op and serve wherever that kernel does not apply.
 """
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ import torch
 from torch import nn
 
 from lmserve.kernels import paged_attention as ref
+from lmserve.kernels.cpu_paged_attention import paged_decode_attention
 from lmserve.kernels.triton_support import use_triton
 
 
@@ -26,7 +29,7 @@ class PrefillChunk:
 @dataclass(slots=True)
 class AttentionMetadata:
     slot_mapping: torch.Tensor                       # [T] cache slot of every token of the step
-    decode_rows: torch.Tensor | None = None          # [Bd] rows of decoding tokens
+    decode_rows: torch.Tensor | None = None          # [Bd] rows of decoding tokens, ascending
     decode_block_tables: torch.Tensor | None = None  # [Bd, max_blocks]
     decode_context_lens: torch.Tensor | None = None  # [Bd]
     prefills: list[PrefillChunk] = field(default_factory=list)
@@ -45,9 +48,14 @@ class PagedAttention(nn.Module):
             return triton_attention_forward(q, k, v, kv_cache, meta, self.scale)
         k_cache, v_cache = kv_cache
         ref.store_kv_ref(k, v, k_cache, v_cache, meta.slot_mapping)
+        if meta.decode_rows is not None and not meta.prefills and len(meta.decode_rows) == q.shape[0]:
+            # A pure decode step: the rows are all tokens, in order, so skip the gather of q
+            # and the scatter of the result (on a busy 2-core CPU they cost as much as attention).
+            return paged_decode_attention(q, k_cache, v_cache, meta.decode_block_tables,
+                                          meta.decode_context_lens, self.scale)
         out = torch.empty_like(q)
         if meta.decode_rows is not None:
-            out[meta.decode_rows] = ref.paged_decode_attention_ref(
+            out[meta.decode_rows] = paged_decode_attention(
                 q[meta.decode_rows], k_cache, v_cache, meta.decode_block_tables,
                 meta.decode_context_lens, self.scale)
         for chunk in meta.prefills:

@@ -9,6 +9,7 @@ import threading
 import pytest
 import torch
 
+from lmserve.kernels import cpu_extension
 from lmserve.kernels import cpu_quant_linear as cql
 from lmserve.kernels.cpu_quant_linear import quant_linear, quant_linear_ref
 from lmserve.kernels.quant_weight import QuantWeight
@@ -146,15 +147,15 @@ def test_extension_builds_on_avx2_machines():
 
 
 def test_unavailable_extension_falls_back_with_one_warning(monkeypatch, caplog):
-    monkeypatch.setattr(cql, "_ext_cache", {})
+    monkeypatch.setattr(cql, "_EXT", _fresh(cql._EXT))
     monkeypatch.setenv("LMSERVE_DISABLE_CPU_EXT", "1")
     w = make_weight("Q4_1", 16, 576)
     x = torch.randn(2, 576)
-    with caplog.at_level(logging.WARNING, logger=cql.__name__):
+    with caplog.at_level(logging.WARNING, logger=cpu_extension.__name__):
         ys = [quant_linear(x, w) for _ in range(3)]
     assert [r.getMessage() for r in caplog.records if "unavailable" in r.getMessage()] == [
-        "lmserve CPU quant kernel unavailable (disabled by LMSERVE_DISABLE_CPU_EXT); using the "
-        "slower torch reference quant_linear_ref"]
+        "lmserve CPU extension lmserve_quant_gemv unavailable (disabled by "
+        "LMSERVE_DISABLE_CPU_EXT=1); using the slower torch reference quant_linear_ref"]
     assert_matches(ys[-1], x, w)
 
 
@@ -164,12 +165,16 @@ def test_compile_failure_never_reaches_the_caller(monkeypatch, caplog):
     def broken_load(*args, **kwargs):
         raise RuntimeError("Error building extension: c++: not found")
 
-    monkeypatch.setattr(cql, "_ext_cache", {})
+    monkeypatch.setattr(cql, "_EXT", _fresh(cql._EXT, unsupported=lambda: None))
     monkeypatch.delenv("LMSERVE_DISABLE_CPU_EXT", raising=False)
     monkeypatch.setattr(cpp_extension, "load", broken_load)
-    monkeypatch.setattr(cql, "_unsupported_reason", lambda: None)
     w = make_weight("Q8_0", 16, 576)
     x = torch.randn(1, 576)
-    with caplog.at_level(logging.WARNING, logger=cql.__name__):
+    with caplog.at_level(logging.WARNING, logger=cpu_extension.__name__):
         assert_matches(quant_linear(x, w), x, w)
     assert "building the extension failed: RuntimeError: Error building extension" in caplog.text
+
+
+def _fresh(ext: cpu_extension.CPUExtension, unsupported=None) -> cpu_extension.CPUExtension:
+    """A not-yet-built copy of ext, so a test can build (or fail to) from scratch."""
+    return cpu_extension.CPUExtension(ext.name, ext.sources, ext.reference, unsupported)
