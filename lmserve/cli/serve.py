@@ -9,6 +9,7 @@ import argparse
 import logging
 
 from lmserve.cli.args import add_engine_args, add_tp_args, engine_config_from_args, tp_config_kwargs
+from lmserve.cli.serve_gradio import add_gradio_parser
 from lmserve.config import ChatTemplateConfig
 
 logger = logging.getLogger(__name__)
@@ -36,7 +37,7 @@ def chat_template_config(args) -> ChatTemplateConfig:
 
 def add_serve_parser(subparsers) -> argparse.ArgumentParser:
     serve = subparsers.add_parser("serve", help="serve a model over HTTP (OpenAI-compatible), or chat with one")
-    kinds = serve.add_subparsers(dest="serve_command", metavar="{api_server,api_client,worker}")
+    kinds = serve.add_subparsers(dest="serve_command", metavar="{api_server,api_client,worker,gradio}")
     kinds.required = True
 
     s = kinds.add_parser("api_server", help="start the OpenAI-compatible HTTP server",
@@ -80,6 +81,7 @@ def add_serve_parser(subparsers) -> argparse.ArgumentParser:
     _flag(w, "--device", default="auto", choices=["auto", "cpu", "cuda"])
     _flag(w, "--log-level", default="WARNING", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     w.set_defaults(func=run_worker)
+    add_gradio_parser(kinds)
     return serve
 
 

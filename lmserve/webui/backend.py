@@ -18,22 +18,23 @@ class BackendError(Exception):
 
 @dataclass(slots=True, frozen=True)
 class ChatParams:
-    """The page's settings for one turn. temperature 0 is greedy decoding; top_k 0 is off."""
+    """The page's settings for one turn (their initial values are the flags named in the errors).
+    temperature 0 is greedy decoding; top_k 0 is off."""
     max_new_tokens: int = 512
     temperature: float = 0.7
-    top_p: float = 0.9
+    top_p: float = 0.8
     top_k: int = 40
     system_prompt: str = ""
 
     def __post_init__(self):
         if self.max_new_tokens < 1:
-            raise ValueError(f"max new tokens must be >= 1, got {self.max_new_tokens}")
+            raise ValueError(f"--max-new-tokens must be >= 1, got {self.max_new_tokens}")
         if not 0 <= self.temperature <= 2:
-            raise ValueError(f"temperature must be in [0, 2], got {self.temperature}")
+            raise ValueError(f"--temperature must be in [0, 2], got {self.temperature}")
         if not 0 < self.top_p <= 1:
-            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+            raise ValueError(f"--top-p must be in (0, 1], got {self.top_p}")
         if self.top_k < 0:
-            raise ValueError(f"top_k must be >= 0, got {self.top_k}")
+            raise ValueError(f"--top-k must be >= 0, got {self.top_k}")
 
     @classmethod
     def from_page(cls, max_new_tokens, temperature, top_p, top_k, system_prompt) -> "ChatParams":

@@ -34,6 +34,7 @@ class HTTPBackend(ChatBackend):
         self.root = root[:-3] if root.endswith("/v1") else root
         self.headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self.model, self.timeout = model, timeout
+        self.max_model_len: int | None = None      # the server's session length, once connected
         self.description = f"{model or 'the served model'} at {self.root}"
         self._running: set[int] = set()
         self._stopping: set[int] = set()
@@ -48,11 +49,15 @@ class HTTPBackend(ChatBackend):
             raise BackendError(f"cannot reach {self.root}: {e}") from e
         if r.status_code != 200:
             raise BackendError(f"{self.root}/v1/models answered {r.status_code}: {error_message(r)}")
-        models = [m["id"] for m in r.json().get("data", [])]
+        cards = r.json().get("data", [])
         if self.model is None:
-            if not models:
+            if not cards:
                 raise BackendError(f"{self.root} serves no model")
-            self.model = models[0]
+            self.model = cards[0]["id"]
+        card = next((c for c in cards if c.get("id") == self.model), None)
+        if card is None:
+            raise BackendError(f"{self.root} does not serve {self.model!r}; it serves {[c['id'] for c in cards]}")
+        self.max_model_len = card.get("max_model_len")
         self.description = f"{self.model} at {self.root}"
         return self.model
 
