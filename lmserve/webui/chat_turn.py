@@ -30,6 +30,11 @@ class TurnView:
     done: bool = False
 
 
+def snapshot(tab: TabState) -> list[dict]:
+    """The messages as they are now (the answer being written keeps changing in place)."""
+    return [dict(m) for m in tab.history]
+
+
 def ending(reason: str | None, tokens: int | None) -> str:
     words = _ENDINGS.get(reason or "", f"ended ({reason})")
     return f"{words}, {tokens} tokens" if tokens is not None else words
@@ -43,13 +48,13 @@ async def run_turn(backend: ChatBackend, tab: TabState, text: str, params: ChatP
     answer = {"role": "assistant", "content": ""}
     tab.history += [question, answer]
     try:
-        yield TurnView(list(tab.history), "answering ...")
+        yield TurnView(snapshot(tab), "answering ...")
         async for event in backend.stream(tab.session_id, messages, params):
             if isinstance(event, TurnDelta):
                 answer["content"] += event.text
-                yield TurnView(list(tab.history), "answering ...")
+                yield TurnView(snapshot(tab), "answering ...")
             elif isinstance(event, TurnEnd):
-                yield TurnView(list(tab.history), ending(event.finish_reason, event.generated_tokens), done=True)
+                yield TurnView(snapshot(tab), ending(event.finish_reason, event.generated_tokens), done=True)
     finally:
         if not answer["content"] and tab.history and tab.history[-1] is answer:
             del tab.history[-2:]

@@ -16,7 +16,7 @@ os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
 import gradio as gr  # noqa: E402
 
 from lmserve.webui.backend import BackendError, ChatBackend, ChatParams  # noqa: E402
-from lmserve.webui.chat_turn import TabState, reset, run_turn  # noqa: E402
+from lmserve.webui.chat_turn import TabState, reset, run_turn, snapshot  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
@@ -53,10 +53,10 @@ def build_page(backend: ChatBackend, defaults: ChatParams = ChatParams(), max_to
             async for view in run_turn(backend, tab, text, params):
                 yield view.messages, "", view.status
         except BackendError as e:
-            yield list(tab.history), text, _warn(str(e))
+            yield snapshot(tab), text, _warn(str(e))
         except Exception as e:          # a bug: the log gets the traceback, the page one line
             logger.exception("a chat turn failed")
-            yield list(tab.history), text, _warn(f"internal error: {type(e).__name__}: {e}")
+            yield snapshot(tab), text, _warn(f"internal error: {type(e).__name__}: {e}")
 
     def on_stop(tab):
         return "stopping ..." if backend.stop(tab.session_id) else gr.skip()
