@@ -12,7 +12,7 @@ from lmserve.webui.chat_turn import TabState, reset, run_turn
 from lmserve.webui.http_backend import HTTPBackend
 from lmserve.webui.local_backend import LocalBackend
 from tests.serve.helpers import API_KEY, wait_until
-from tests.serve.webui.conftest import engine_sessions
+from tests.serve.webui.recording import engine_sessions
 
 GREEDY = ChatParams(max_new_tokens=12, temperature=0.0)
 
