@@ -66,8 +66,11 @@ def run_gradio(args) -> int:
     try:
         page = build_page(backend, defaults, limit or 4096)
         shown = "127.0.0.1" if args.server_name in ("0.0.0.0", "::") else args.server_name
-        print(f"lmserve chat page on http://{shown}:{args.server_port} ({backend.description})", flush=True)
-        launch(page, args.server_name, args.server_port, args.share)
+
+        def started(local_url: str, share_url: str | None) -> None:
+            print(f"lmserve chat page on http://{shown}:{args.server_port} ({backend.description})"
+                  + (f"; public link {share_url}" if share_url else ""), flush=True)
+        launch(page, args.server_name, args.server_port, args.share, on_start=started)
     finally:
         backend.close()
     return 0

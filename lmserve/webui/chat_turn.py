@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import AsyncIterator
 
-from lmserve.webui.backend import ChatBackend, ChatParams, TurnDelta, TurnEnd, conversation
+from lmserve.webui.backend import BackendError, ChatBackend, ChatParams, TurnDelta, TurnEnd, conversation
 
 _ENDINGS = {"stop": "finished", "length": "finished at the token limit (max new tokens or the session length)",
             "abort": "stopped"}
@@ -17,9 +17,10 @@ _ENDINGS = {"stop": "finished", "length": "finished at the token limit (max new 
 
 @dataclass(slots=True)
 class TabState:
-    """What one browser tab owns: its engine session and the messages of its finished turns."""
+    """What one browser tab owns: its engine session and its conversation so far."""
     session_id: int
     history: list[dict] = field(default_factory=list)
+    answering: bool = False          # a turn runs: a second one (Enter pressed twice) is refused
 
 
 @dataclass(slots=True)
@@ -43,10 +44,13 @@ def ending(reason: str | None, tokens: int | None) -> str:
 async def run_turn(backend: ChatBackend, tab: TabState, text: str, params: ChatParams) -> AsyncIterator[TurnView]:
     """Ask `text` in the tab's conversation; yields the growing conversation. A BackendError
     propagates with the turn taken out of the history."""
+    if tab.answering:
+        raise BackendError("this conversation is still answering; press Stop first")
     messages = conversation(tab.history, text, params.system_prompt)
     question = {"role": "user", "content": text}
     answer = {"role": "assistant", "content": ""}
     tab.history += [question, answer]
+    tab.answering = True
     try:
         yield TurnView(snapshot(tab), "answering ...")
         async for event in backend.stream(tab.session_id, messages, params):
@@ -56,6 +60,7 @@ async def run_turn(backend: ChatBackend, tab: TabState, text: str, params: ChatP
             elif isinstance(event, TurnEnd):
                 yield TurnView(snapshot(tab), ending(event.finish_reason, event.generated_tokens), done=True)
     finally:
+        tab.answering = False
         if not answer["content"] and tab.history and tab.history[-1] is answer:
             del tab.history[-2:]
 

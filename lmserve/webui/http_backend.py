@@ -23,9 +23,14 @@ logger = logging.getLogger(__name__)
 def error_message(response: httpx.Response) -> str:
     """The message of an OpenAI-shaped error body, or the start of whatever the server sent."""
     try:
-        return response.json()["error"]["message"]
-    except (ValueError, KeyError, TypeError):
+        error = response.json()["error"]
+        hint = _HINTS.get(error.get("code"), "")
+        return error["message"] + hint
+    except (ValueError, KeyError, TypeError, AttributeError):
         return response.text[:500] or response.reason_phrase
+
+
+_HINTS = {"context_length_exceeded": ". Press Reset to start a new conversation, or send a shorter message."}
 
 
 class HTTPBackend(ChatBackend):

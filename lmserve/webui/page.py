@@ -102,10 +102,15 @@ def build_page(backend: ChatBackend, defaults: ChatParams = ChatParams(), max_to
 
 
 def launch(page: gr.Blocks, server_name: str = "0.0.0.0", server_port: int = 6006, share: bool = False,
-           block: bool = True) -> str:
-    """Serve the page; returns its local URL (with block=False, once it is up)."""
-    _, local_url, _ = page.queue().launch(
-        server_name=server_name, server_port=server_port, share=share, prevent_thread_lock=not block,
-        theme=THEME, show_error=False, quiet=not block, ssr_mode=False, mcp_server=False, pwa=False,
+           block: bool = True, on_start=None) -> tuple[str, str | None]:
+    """Serve the page; returns its local URL and its public share URL (None without --share).
+    With block=True it returns when the page is closed (Ctrl-C), after calling on_start(urls)."""
+    _, local_url, share_url = page.queue().launch(
+        server_name=server_name, server_port=server_port, share=share, prevent_thread_lock=True,
+        theme=THEME, show_error=False, quiet=True, ssr_mode=False, mcp_server=False, pwa=False,
         footer_links=["settings"])
-    return local_url
+    if on_start is not None:
+        on_start(local_url, share_url)
+    if block:
+        page.block_thread()
+    return local_url, share_url

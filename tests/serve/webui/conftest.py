@@ -25,7 +25,7 @@ def page_url(page_backend):
     from lmserve.serve.server import free_port
     from lmserve.webui.page import build_page, launch
     page = build_page(page_backend, PAGE_DEFAULTS, max_tokens_limit=256)
-    url = launch(page, "127.0.0.1", free_port(), block=False)
+    url, _ = launch(page, "127.0.0.1", free_port(), block=False)
     yield url
     page.close()
     for session_id in set(page_backend.turn_sessions) - set(page_backend.ended_sessions):

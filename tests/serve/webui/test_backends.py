@@ -109,3 +109,19 @@ def test_page_settings_are_checked():
         ChatParams.from_page(64, 0.5, 0.0, 40, "")
     with pytest.raises(ValueError, match=r"--max-new-tokens must be >= 1"):
         ChatParams(max_new_tokens=0)
+
+
+def test_a_tab_answers_one_turn_at_a_time(pipeline):
+    backend, tab = LocalBackend(pipeline), None
+
+    async def twice():
+        first = run_turn(backend, tab, "Tell me a story.", GREEDY)
+        await first.__anext__()
+        with pytest.raises(BackendError, match="still answering"):
+            await run_turn(backend, tab, "Hi", GREEDY).__anext__()
+        assert [m["content"] for m in tab.history] == ["Tell me a story.", ""]   # the refused turn left no trace
+        await first.aclose()                      # the tab went away mid-answer
+    tab = TabState(backend.new_session_id())
+    asyncio.run(twice())
+    assert tab.history == [] and not tab.answering
+    backend.end_session(tab.session_id)

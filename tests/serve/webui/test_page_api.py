@@ -29,7 +29,7 @@ def http_page(server):
     backend = HTTPBackend(server.url)
     backend.connect()
     page = build_page(backend, ChatParams(max_new_tokens=8, temperature=0.0), backend.max_model_len)
-    url = launch(page, "127.0.0.1", free_port(), block=False)
+    url, _ = launch(page, "127.0.0.1", free_port(), block=False)
     yield Client(url, verbose=False, download_files=False)
     page.close()
 
