@@ -81,13 +81,14 @@ def build_page(backend: ChatBackend, defaults: ChatParams = ChatParams(), max_to
             stop = gr.Button("Stop", variant="stop", elem_id="lmserve-stop")
             new = gr.Button("Reset", elem_id="lmserve-reset")
         status = gr.Markdown("", elem_id="lmserve-status")
-        with gr.Accordion("Settings", open=False):
-            system = gr.Textbox(label="system prompt", value=defaults.system_prompt, lines=2)
+        with gr.Accordion("Settings", open=False, elem_id="lmserve-settings"):
+            system = gr.Textbox(label="system prompt", value=defaults.system_prompt, lines=2, elem_id="lmserve-system")
             max_new = gr.Slider(1, max(max_tokens_limit, defaults.max_new_tokens), value=defaults.max_new_tokens,
-                                step=1, label="max new tokens")
-            temperature = gr.Slider(0, 2, value=defaults.temperature, step=0.05, label="temperature (0: greedy)")
-            top_p = gr.Slider(0.01, 1, value=defaults.top_p, step=0.01, label="top-p")
-            top_k = gr.Slider(0, 200, value=defaults.top_k, step=1, label="top-k (0: off)")
+                                step=1, label="max new tokens", elem_id="lmserve-max-new-tokens")
+            temperature = gr.Slider(0, 2, value=defaults.temperature, step=0.05, label="temperature (0: greedy)",
+                                    elem_id="lmserve-temperature")
+            top_p = gr.Slider(0.01, 1, value=defaults.top_p, step=0.01, label="top-p", elem_id="lmserve-top-p")
+            top_k = gr.Slider(0, 200, value=defaults.top_k, step=1, label="top-k (0: off)", elem_id="lmserve-top-k")
 
         inputs = [text, tab, max_new, temperature, top_p, top_k, system]
         outputs = [chatbot, text, status]

@@ -89,6 +89,18 @@ class ChatPage:
                 "box.value = arguments[0]; box.dispatchEvent(new Event('input', {bubbles: true}));", text)
         self.driver.find_element("css selector", "#lmserve-send").click()
 
+    def set_setting(self, elem_id: str, value) -> None:
+        """Type a value into one of the Settings (a slider's number box, or the system prompt)."""
+        from selenium.webdriver.common.keys import Keys
+        driver = self.focus().driver
+        if not driver.find_elements("css selector", f"#{elem_id}"):          # the accordion is closed
+            driver.find_element("css selector", "#lmserve-settings button").click()
+        box = wait_for(lambda: driver.find_elements("css selector", f"#{elem_id} input[type=number], "
+                                                                    f"#{elem_id} textarea"), what=elem_id)[0]
+        box.send_keys(Keys.CONTROL, "a")
+        box.send_keys(str(value))
+        box.send_keys(Keys.TAB)         # a number box takes its value when it loses the focus
+
     def click(self, elem_id: str) -> None:
         self.focus().driver.find_element("css selector", f"#{elem_id}").click()
 

@@ -25,14 +25,18 @@ def test_streamed_answer_stop_error_and_reset(browser, page_url, page_backend, p
     session_id = page_backend.turn_sessions[-1]
     assert session_id in engine_sessions(pipeline)           # its K/V is kept for the next turn
 
-    # Stop: the second turn ends early, keeps what was shown, and the history grows by it.
+    # Stop, with the settings changed: the turn ends early and keeps what was shown.
+    page.set_setting("lmserve-max-new-tokens", 200)
+    page.set_setting("lmserve-system", "You are a storyteller.")
     page.ask("Write a long story about a dragon who learns to cook.")
     wait_for(lambda: len(page.messages()) == 4 and page.messages()[3][1], what="the second answer to start")
     page.click("lmserve-stop")
     wait_for(lambda: page.status().startswith("stopped"), what="the turn to stop")
-    assert page_backend.turn_sessions[-1] == session_id
-    shown = page.messages()[3][1]
-    assert shown and len(shown) < 200                       # 32 tokens would run well past the point of Stop
+    params = page_backend.turn_params[-1]
+    assert (params.max_new_tokens, params.system_prompt) == (200, "You are a storyteller.")
+    assert page_backend.turn_sessions[-1] == session_id and page.messages()[3][1]
+    assert int(page.status().split(",")[1].split()[0]) < 200          # "stopped, N tokens"
+    wait_for(lambda: pipeline.loop.call(lambda engine: not engine.has_work()), what="the engine to abort it")
 
     # A prompt longer than the session: the page says so, with the limit, and keeps the conversation.
     page.paste_and_send("word " * 4200)
