@@ -6,6 +6,7 @@ URL it is a client of a running `lmserve serve api_server`. Gradio is the option
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import logging
 
 from lmserve.cli.args import add_engine_args, add_flag, engine_config_from_args
@@ -41,10 +42,8 @@ def is_url(target: str | None) -> bool:
 
 def run_gradio(args) -> int:
     logging.getLogger("lmserve").setLevel(args.log_level)
-    try:
-        import gradio  # noqa: F401
-    except ImportError:
-        raise SystemExit("lmserve serve gradio needs Gradio: pip install 'lmserve[webui]'") from None
+    if importlib.util.find_spec("gradio") is None:
+        raise SystemExit("lmserve serve gradio needs Gradio: pip install 'lmserve[webui]'")
     from lmserve.webui.backend import BackendError, ChatParams
     try:   # every flag is checked before the (slow) model load
         if not 0 < args.server_port < 65536:
