@@ -33,10 +33,12 @@ _MISSING = object()
 
 class CPUExtension:
     """One extension module: `name` is its torch extension name, `sources` live in csrc/,
+    `unsupported` says why this machine cannot run it (default: unsupported_reason), and
     `reference` names the torch function callers use instead (for the warning)."""
 
-    def __init__(self, name: str, sources: tuple[str, ...], reference: str = "torch reference",
-                 unsupported: Callable[[], str | None] | None = None):
+    def __init__(self, name: str, sources: tuple[str, ...],
+                 unsupported: Callable[[], str | None] | None = None,
+                 reference: str = "torch reference"):
         self.name, self.sources, self.reference = name, sources, reference
         self._unsupported = unsupported or unsupported_reason
         self._module = _MISSING

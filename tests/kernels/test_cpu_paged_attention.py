@@ -119,7 +119,8 @@ def test_extension_builds_on_avx2_machines():
 
 
 def test_disabled_kernel_falls_back_to_the_reference_with_one_warning(monkeypatch, caplog):
-    fresh = cpu_extension.CPUExtension(cpa._EXT.name, cpa._EXT.sources, cpa._EXT.reference)
+    fresh = cpu_extension.CPUExtension(cpa._EXT.name, cpa._EXT.sources,
+                                       reference=cpa._EXT.reference)
     monkeypatch.setattr(cpa, "_EXT", fresh)
     monkeypatch.setenv("LMSERVE_DISABLE_CPU_EXT", "quant_gemv,paged_attention")
     args = make_problem(2, 9, 3, 64, 16, [5, 20])

@@ -177,4 +177,4 @@ def test_compile_failure_never_reaches_the_caller(monkeypatch, caplog):
 
 def _fresh(ext: cpu_extension.CPUExtension, unsupported=None) -> cpu_extension.CPUExtension:
     """A not-yet-built copy of ext, so a test can build (or fail to) from scratch."""
-    return cpu_extension.CPUExtension(ext.name, ext.sources, ext.reference, unsupported)
+    return cpu_extension.CPUExtension(ext.name, ext.sources, unsupported, ext.reference)
