@@ -2,7 +2,8 @@
 
 q/k/v and gate/up are packed into one matmul each. Checkpoints store them apart, so a layer receives
 named shards (`load_shard`), keeps this rank's rows or columns of each, and packs them once all are
-in. A shard is a float tensor or a low-bit `QuantWeight` (kept low-bit; see kernels/quant_weight).
+in. A shard is a float tensor or a low-bit `QuantWeight` (kept low-bit; see kernels/quant_weight)
+or a W8A8 `Int8Weight` (kernels/int8_linear).
 """
 from __future__ import annotations
 
@@ -76,6 +77,9 @@ class LinearBase(nn.Module):
 
     def _matmul(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         if _is_quant(self.weight):
+            from lmserve.kernels.int8_linear import Int8Weight, int8_linear
+            if isinstance(self.weight, Int8Weight):      # W8A8: activations go int8 too
+                return int8_linear(x, self.weight, bias)
             from lmserve.kernels.cpu_quant_linear import quant_linear
             return quant_linear(x, self.weight, bias)
         return F.linear(x, self.weight, bias)
