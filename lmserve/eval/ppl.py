@@ -1,9 +1,10 @@
 """Perplexity of a model over a text file, with fixed windows and a stride (HF's sliding-window recipe).
 
 The text is tokenized whole (no special tokens added). Windows of `window` tokens start every
-`stride` tokens; each window scores only the tokens the previous one did not, so every token but
-the first is scored exactly once, with up to window - stride tokens of extra context when
-stride < window. stride == window (the default) gives independent windows.
+`stride` tokens; each window scores only the tokens the previous one did not, so with
+stride < window every token but the first is scored exactly once, with at least window - stride
+tokens of context. stride == window (the default) gives independent windows, each of which scores
+all its tokens but its first (which has no context in the window).
 """
 from __future__ import annotations
 
