@@ -8,7 +8,9 @@ import sys
 from lmserve import __version__
 from lmserve.cli.bench import add_bench_parser
 from lmserve.cli.chat import add_chat_parser
+from lmserve.cli.eval_cmd import add_eval_parser
 from lmserve.cli.info import add_info_parsers
+from lmserve.cli.lite import add_lite_parser
 from lmserve.cli.serve import add_serve_parser
 
 
@@ -20,6 +22,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_info_parsers(sub)
     add_serve_parser(sub)
     add_bench_parser(sub)
+    add_lite_parser(sub)
+    add_eval_parser(sub)
     return parser
 
 

@@ -33,6 +33,9 @@ def load_hf(path: str) -> LoadedModel:
     generation = read_json(os.path.join(path, "generation_config.json"), missing_ok=True) or {}
     merge_generation_ids(config, generation)
     files = weight_files(path)
+    if config.quantization:     # an unsupported format fails here, not half-way through loading
+        from lmserve.model.quant_checkpoint import check_quant_config
+        check_quant_config(config.quantization, path)
     tokenizer = load_hf_tokenizer(path)
     if not config.eos_token_ids and tokenizer.eos_token_id is not None:
         config.eos_token_ids = [tokenizer.eos_token_id]    # old configs without eos_token_id
@@ -163,4 +166,8 @@ def _stream(files: list[str], family: Family, config: ModelConfig,
             source: str) -> Iterator[tuple[str, Weight]]:
     pairs = (out for name, tensor in read_checkpoint_tensors(files)
              for out in family.map_tensor(name, tensor, config))
+    quant = config.quantization
+    if quant and quant.get("quant_method") != "gguf":   # AWQ/GPTQ/W8A8 parts -> low-bit weights
+        from lmserve.model.quant_checkpoint import assemble_quantized
+        pairs = assemble_quantized(pairs, quant, source)
     return checked_stream(pairs, config, source)

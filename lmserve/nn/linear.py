@@ -2,7 +2,8 @@
 
 q/k/v and gate/up are packed into one matmul each. Checkpoints store them apart, so a layer receives
 named shards (`load_shard`), keeps this rank's rows or columns of each, and packs them once all are
-in. A shard is a float tensor or a low-bit `QuantWeight` (kept low-bit; see kernels/quant_weight).
+in. A shard is a float tensor or a low-bit `QuantWeight` (kept low-bit; see kernels/quant_weight)
+or a W8A8 `Int8Weight` (kernels/int8_linear).
 """
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lmserve.kernels.dispatch import quant_linear
+from lmserve.kernels.int8_linear import Int8Weight, int8_linear
 from lmserve.nn.parallel import ParallelContext
 
 
@@ -84,7 +87,8 @@ class LinearBase(nn.Module):
 
     def _matmul(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         if _is_quant(self.weight):
-            from lmserve.kernels.dispatch import quant_linear
+            if isinstance(self.weight, Int8Weight):      # W8A8: activations go int8 too
+                return int8_linear(x, self.weight, bias)
             return quant_linear(x, self.weight, bias)
         return F.linear(x, self.weight, bias)
 

@@ -1,0 +1,126 @@
+"""`lmserve lite ...`: offline quantization (calibrate, auto_awq, smooth_quant, auto)."""
+from __future__ import annotations
+
+import json
+import sys
+
+from lmserve.cli.args import add_flag
+
+
+def _add_model(p) -> None:
+    p.add_argument("model_path", nargs="?", default=None,
+                   help="HF directory or .gguf file (default: the embedded SmolLM2-135M-Instruct)")
+    add_flag(p, "log_level", default="WARNING", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+
+
+def _add_calib(p, samples: int = 128, seqlen: int = 2048) -> None:
+    add_flag(p, "calib_dataset", default="wikitext2",
+             help="a local .txt/.json/.jsonl file, or wikitext2|ptb|c4|pileval (needs `datasets` "
+                  "and internet)")
+    add_flag(p, "calib_samples", type=int, default=samples)
+    add_flag(p, "calib_seqlen", type=int, default=seqlen)
+    add_flag(p, "calib_stats", default=None,
+             help="reuse the statistics of `lite calibrate` (its --work-dir) instead of calibrating")
+
+
+def add_lite_parser(subparsers) -> None:
+    lite = subparsers.add_parser("lite", help="quantize a model (AWQ, W8A16, SmoothQuant W8A8)")
+    sub = lite.add_subparsers(dest="lite_command", metavar="RECIPE")
+
+    p = sub.add_parser("calibrate", help="record per-linear activation statistics")
+    _add_model(p)
+    _add_calib(p)
+    add_flag(p, "work_dir", required=True)
+    p.set_defaults(func=run_calibrate)
+
+    p = sub.add_parser("auto_awq", help="AWQ 4-bit (AutoAWQ GEMM format) or 8-bit (GPTQ format)")
+    _add_model(p)
+    _add_calib(p)
+    add_flag(p, "work_dir", required=True, help="output model directory")
+    add_flag(p, "w_bits", type=int, default=4, choices=[4, 8])
+    add_flag(p, "w_group_size", type=int, default=128, choices=[32, 64, 128])
+    add_flag(p, "search_grid", type=int, default=20, help="points of the scale exponent grid")
+    add_flag(p, "no_clip", action="store_true", help="skip the weight clipping search")
+    add_flag(p, "embedding_bits", type=int, default=None, choices=[4, 8, 16],
+             help="embedding/head bits, quantized at load (default: --w-bits; 16 keeps them float)")
+    p.set_defaults(func=run_auto_awq)
+
+    p = sub.add_parser("smooth_quant", help="SmoothQuant W8A8 (int8 weights and activations)")
+    _add_model(p)
+    _add_calib(p)
+    add_flag(p, "work_dir", required=True, help="output model directory")
+    add_flag(p, "smooth_alpha", type=float, default=0.5, help="migration strength in [0, 1]")
+    p.set_defaults(func=run_smooth_quant)
+
+    p = sub.add_parser("auto", help="measure the quantization ladder and recommend a recipe")
+    _add_model(p)
+    _add_calib(p)
+    add_flag(p, "work_dir", default="./lite-auto")
+    add_flag(p, "tolerance", type=float, default=0.02, help="allowed perplexity increase (0.02 = 2%%)")
+    add_flag(p, "w_group_size", type=int, default=64, choices=[32, 64, 128])
+    add_flag(p, "dataset", required=True, help="text file for perplexity, e.g. wikitext2_test.txt")
+    add_flag(p, "window", type=int, default=512)
+    add_flag(p, "stride", type=int, default=None)
+    add_flag(p, "max_windows", type=int, default=None)
+    add_flag(p, "rungs", default=None, help="comma-separated subset of the ladder")
+    add_flag(p, "json", default=None, help="also write the results to this JSON file")
+    p.set_defaults(func=run_auto)
+    lite.set_defaults(func=lambda args: (lite.print_help(), sys.exit(2)))
+
+
+def _calib(args):
+    from lmserve.lite.recipes import CalibSettings
+    return CalibSettings(args.calib_dataset, args.calib_samples, args.calib_seqlen, args.calib_stats)
+
+
+def _fail(e: Exception):
+    raise SystemExit(f"error: {e}")
+
+
+def run_calibrate(args) -> None:
+    from lmserve.lite.calibrate import STATS_FILE, calibrate
+    try:
+        _, stats = calibrate(args.model_path, args.calib_dataset, args.calib_samples,
+                             args.calib_seqlen, args.work_dir)
+    except (ValueError, FileNotFoundError) as e:
+        _fail(e)
+    print(f"calibrated on {stats['samples']} samples x {stats['seqlen']} tokens in "
+          f"{stats['seconds']:.1f} s; statistics in {args.work_dir}/{STATS_FILE}")
+
+
+def run_auto_awq(args) -> None:
+    from lmserve.lite.awq import AwqSettings
+    from lmserve.lite.recipes import auto_awq
+    try:
+        st = AwqSettings(args.w_bits, args.w_group_size, args.search_grid, not args.no_clip)
+        info = auto_awq(args.model_path, args.work_dir, st, _calib(args), args.embedding_bits)
+    except (ValueError, FileNotFoundError) as e:
+        _fail(e)
+    print(f"AWQ {args.w_bits}-bit g{args.w_group_size}: calibration {info['calibration_s']:.1f} s "
+          f"+ quantization {info['quantization_s']:.1f} s = {info['total_s']:.1f} s; "
+          f"model written to {args.work_dir}")
+
+
+def run_smooth_quant(args) -> None:
+    from lmserve.lite.recipes import smooth_quant
+    try:
+        info = smooth_quant(args.model_path, args.work_dir, _calib(args), args.smooth_alpha)
+    except (ValueError, FileNotFoundError) as e:
+        _fail(e)
+    print(f"SmoothQuant W8A8 in {info['total_s']:.1f} s; model written to {args.work_dir}")
+
+
+def run_auto(args) -> None:
+    from lmserve.eval.ppl import PplConfig
+    from lmserve.lite.auto import RUNGS, AutoSettings, format_table, run_ladder, to_json
+    try:
+        rungs = tuple(r.strip() for r in args.rungs.split(",")) if args.rungs else RUNGS
+        st = AutoSettings(args.tolerance, args.w_group_size, rungs)
+        ppl_cfg = PplConfig(args.window, args.stride, args.max_windows)
+        results = run_ladder(args.model_path, args.work_dir, args.dataset, st, ppl_cfg, _calib(args))
+    except (ValueError, FileNotFoundError) as e:
+        _fail(e)
+    print(format_table(results, args.tolerance))
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as f:
+            json.dump(to_json(results), f, indent=2)
