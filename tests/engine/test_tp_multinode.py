@@ -1,0 +1,117 @@
+"""Tensor parallelism across "machines": --tp 2 --nnodes 2 on this one box, gloo over 127.0.0.1.
+
+Node 0 is a real `lmserve serve api_server` process (rank 0, the engine and the HTTP server) and
+node 1 a real `lmserve serve worker` process (rank 1), each its own OS process and session, meeting
+only through --master-addr/--master-port as two machines would. Greedy completions over HTTP must
+equal a --tp 1 engine's; then node 1 is killed and node 0 must fail the next request with a message
+that names the broken step, turn /health 503 and exit with status 1 instead of hanging.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+httpx = pytest.importorskip("httpx")
+pytest.importorskip("fastapi")
+pytest.importorskip("uvicorn")
+
+from lmserve import GenerationConfig  # noqa: E402
+from lmserve.model.loader import load_model  # noqa: E402
+from tests.engine.helpers import make_engine, run_all  # noqa: E402
+from tests.engine.test_tensor_parallel import ENGINE, save_tiny  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[2]
+PROMPTS = [[1, 5, 17, 42, 3, 88, 9, 60, 2, 71], list(range(10, 40))]
+MAX_TOKENS = 8
+START_TIMEOUT_S = 45.0     # two cold Python processes importing torch on a busy 2-core box
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _start(args: list[str], log: Path) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    for name in ("MASTER_ADDR", "MASTER_PORT", "WORLD_SIZE", "RANK", "LOCAL_RANK"):
+        env.pop(name, None)      # the flags alone must be enough, as on a fresh machine
+    with open(log, "wb") as out:
+        # its own session, so that killing the node kills everything it started
+        return subprocess.Popen([sys.executable, "-m", "lmserve.cli.main", *args], cwd=REPO, env=env,
+                                stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def _kill(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    proc.wait(10)
+
+
+def _wait_healthy(url: str, procs: dict[str, subprocess.Popen], logs: dict[str, Path]) -> None:
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        for name, p in procs.items():
+            if p.poll() is not None:
+                pytest.fail(f"{name} exited with {p.returncode} during start-up:\n{logs[name].read_text()}")
+        try:
+            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.25)
+    pytest.fail("node 0 did not become healthy in time:\n" + "\n".join(
+        f"--- {n}:\n{logs[n].read_text()}" for n in logs))
+
+
+def _complete(url: str, prompt: list[int]) -> httpx.Response:
+    return httpx.post(f"{url}/v1/completions", timeout=60,
+                      json={"model": "tiny", "prompt": prompt, "max_tokens": MAX_TOKENS, "temperature": 0,
+                            "ignore_eos": True})
+
+
+def test_two_nodes_match_tp1_and_a_dead_node_fails_clearly(tmp_path, default_loaded):
+    model = save_tiny(tmp_path / "model", default_loaded.tokenizer, 2)
+    want = [o.text for o in run_all(make_engine(load_model(model), **ENGINE), PROMPTS,
+                                    GenerationConfig(max_new_tokens=MAX_TOKENS, ignore_eos=True))]
+    master, http = _free_port(), _free_port()
+    rendezvous = ["--tp", "2", "--nnodes", "2", "--master-addr", "127.0.0.1", "--master-port", str(master),
+                  "--tp-timeout", "30", "--device", "cpu"]
+    logs = {"node 0": tmp_path / "node0.log", "node 1": tmp_path / "node1.log"}
+    procs: dict[str, subprocess.Popen] = {}
+    try:
+        procs["node 0"] = _start(["serve", "api_server", model, "--model-name", "tiny", "--node-rank", "0",
+                                  *rendezvous, "--server-port", str(http), "--num-blocks", "64",
+                                  "--cache-block-seq-len", "8", "--max-prefill-token-num", "16"], logs["node 0"])
+        procs["node 1"] = _start(["serve", "worker", "--node-rank", "1", *rendezvous], logs["node 1"])
+        url = f"http://127.0.0.1:{http}"
+        _wait_healthy(url, procs, logs)
+
+        got = []
+        for prompt in PROMPTS:
+            r = _complete(url, prompt)
+            assert r.status_code == 200, r.text
+            assert r.json()["usage"]["completion_tokens"] == MAX_TOKENS
+            got.append(r.json()["choices"][0]["text"])
+        assert got == want
+
+        _kill(procs["node 1"])
+        started = time.monotonic()
+        r = _complete(url, PROMPTS[0])
+        assert r.status_code >= 500 and "tensor-parallel step failed" in r.text, r.text
+        assert procs["node 0"].wait(20) == 1      # the server notices the dead engine and exits
+        assert time.monotonic() - started < 30
+        assert "the engine has stopped" in logs["node 0"].read_text()
+    finally:
+        for p in procs.values():
+            _kill(p)
