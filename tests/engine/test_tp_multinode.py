@@ -3,8 +3,9 @@
 Node 0 is a real `lmserve serve api_server` process (rank 0, the engine and the HTTP server) and
 node 1 a real `lmserve serve worker` process (rank 1), each its own OS process and session, meeting
 only through --master-addr/--master-port as two machines would. Greedy completions over HTTP must
-equal a --tp 1 engine's; then node 1 is killed and node 0 must fail the next request with a message
-that names the broken step, turn /health 503 and exit with status 1 instead of hanging.
+equal a --tp 1 engine's. Neither node may hang when the other dies: with node 1 killed, node 0 fails
+the next request with a message that names the broken step and exits with status 1 (for a supervisor
+to restart it); with node 0 killed, node 1 exits with status 1 saying it lost the group.
 """
 from __future__ import annotations
 
@@ -80,10 +81,8 @@ def _complete(url: str, prompt: list[int]) -> httpx.Response:
                             "ignore_eos": True})
 
 
-def test_two_nodes_match_tp1_and_a_dead_node_fails_clearly(tmp_path, default_loaded):
-    model = save_tiny(tmp_path / "model", default_loaded.tokenizer, 2)
-    want = [o.text for o in run_all(make_engine(load_model(model), **ENGINE), PROMPTS,
-                                    GenerationConfig(max_new_tokens=MAX_TOKENS, ignore_eos=True))]
+def _start_nodes(tmp_path: Path, model: str):
+    """Node 0 (api_server, rank 0) and node 1 (worker, rank 1); returns the URL, processes and logs."""
     master, http = _free_port(), _free_port()
     rendezvous = ["--tp", "2", "--nnodes", "2", "--master-addr", "127.0.0.1", "--master-port", str(master),
                   "--tp-timeout", "30", "--device", "cpu"]
@@ -96,7 +95,23 @@ def test_two_nodes_match_tp1_and_a_dead_node_fails_clearly(tmp_path, default_loa
         procs["node 1"] = _start(["serve", "worker", "--node-rank", "1", *rendezvous], logs["node 1"])
         url = f"http://127.0.0.1:{http}"
         _wait_healthy(url, procs, logs)
+    except BaseException:
+        for p in procs.values():
+            _kill(p)
+        raise
+    return url, procs, logs
 
+
+@pytest.fixture
+def tiny_path(tmp_path, default_loaded) -> str:
+    return save_tiny(tmp_path / "model", default_loaded.tokenizer, 2)
+
+
+def test_two_nodes_match_tp1_and_a_dead_node_1_fails_clearly(tmp_path, tiny_path):
+    want = [o.text for o in run_all(make_engine(load_model(tiny_path), **ENGINE), PROMPTS,
+                                    GenerationConfig(max_new_tokens=MAX_TOKENS, ignore_eos=True))]
+    url, procs, logs = _start_nodes(tmp_path, tiny_path)
+    try:
         got = []
         for prompt in PROMPTS:
             r = _complete(url, prompt)
@@ -108,10 +123,25 @@ def test_two_nodes_match_tp1_and_a_dead_node_fails_clearly(tmp_path, default_loa
         _kill(procs["node 1"])
         started = time.monotonic()
         r = _complete(url, PROMPTS[0])
-        assert r.status_code >= 500 and "tensor-parallel step failed" in r.text, r.text
+        # well inside --tp-timeout 30: gloo sees the closed connection, nothing waits for a timeout
+        assert time.monotonic() - started < 15
+        assert r.status_code == 500 and "a tensor-parallel step failed" in r.text, r.text
+        assert "a worker on another node may have died" in r.text
         assert procs["node 0"].wait(20) == 1      # the server notices the dead engine and exits
-        assert time.monotonic() - started < 30
-        assert "the engine has stopped" in logs["node 0"].read_text()
+        assert "lmserve api_server: the engine has stopped" in logs["node 0"].read_text()
+    finally:
+        for p in procs.values():
+            _kill(p)
+
+
+def test_a_dead_node_0_makes_node_1_exit_with_a_clear_message(tmp_path, tiny_path):
+    url, procs, logs = _start_nodes(tmp_path, tiny_path)
+    try:
+        assert _complete(url, PROMPTS[1]).status_code == 200
+        _kill(procs["node 0"])
+        assert procs["node 1"].wait(20) == 1      # not left waiting for steps that never come
+        text = logs["node 1"].read_text()
+        assert "rank 1 lost the tensor-parallel group" in text and "node 0 (127.0.0.1:" in text, text
     finally:
         for p in procs.values():
             _kill(p)
