@@ -1,11 +1,12 @@
 """Tensor parallelism across "machines": --tp 2 --nnodes 2 on this one box, gloo over 127.0.0.1.
 
 Node 0 is a real `lmserve serve api_server` process (rank 0, the engine and the HTTP server) and
-node 1 a real `lmserve serve worker` process (rank 1), each its own OS process and session, meeting
-only through --master-addr/--master-port as two machines would. Greedy completions over HTTP must
+node 1 a real `lmserve serve worker` process (rank 1; with --tp 4, ranks 2 and 3, node 1 spawning
+rank 3 as node 0 spawns rank 1), each its own OS process and session, meeting only through
+--master-addr/--master-port as two machines would. Greedy completions over HTTP must
 equal a --tp 1 engine's. Neither node may hang when the other dies: with node 1 killed, node 0 fails
 the next request with a message that names the broken step and exits with status 1 (for a supervisor
-to restart it); with node 0 killed, node 1 exits with status 1 saying it lost the group.
+to restart it); with node 0 killed, node 1 (and the worker it spawned) exits with status 1 saying it lost the group.
 """
 from __future__ import annotations
 
@@ -81,10 +82,11 @@ def _complete(url: str, prompt: list[int]) -> httpx.Response:
                             "ignore_eos": True})
 
 
-def _start_nodes(tmp_path: Path, model: str):
-    """Node 0 (api_server, rank 0) and node 1 (worker, rank 1); returns the URL, processes and logs."""
+def _start_nodes(tmp_path: Path, model: str, tp: int):
+    """Node 0 (api_server, ranks 0 .. tp/2-1) and node 1 (worker, the other half); returns the URL,
+    processes and logs. With tp 4 each node also spawns a local worker of its own."""
     master, http = _free_port(), _free_port()
-    rendezvous = ["--tp", "2", "--nnodes", "2", "--master-addr", "127.0.0.1", "--master-port", str(master),
+    rendezvous = ["--tp", str(tp), "--nnodes", "2", "--tp-oversubscribe", "--master-addr", "127.0.0.1", "--master-port", str(master),
                   "--tp-timeout", "30", "--device", "cpu"]
     logs = {"node 0": tmp_path / "node0.log", "node 1": tmp_path / "node1.log"}
     procs: dict[str, subprocess.Popen] = {}
@@ -110,7 +112,7 @@ def tiny_path(tmp_path, default_loaded) -> str:
 def test_two_nodes_match_tp1_and_a_dead_node_1_fails_clearly(tmp_path, tiny_path):
     want = [o.text for o in run_all(make_engine(load_model(tiny_path), **ENGINE), PROMPTS,
                                     GenerationConfig(max_new_tokens=MAX_TOKENS, ignore_eos=True))]
-    url, procs, logs = _start_nodes(tmp_path, tiny_path)
+    url, procs, logs = _start_nodes(tmp_path, tiny_path, tp=2)
     try:
         got = []
         for prompt in PROMPTS:
@@ -134,14 +136,18 @@ def test_two_nodes_match_tp1_and_a_dead_node_1_fails_clearly(tmp_path, tiny_path
             _kill(p)
 
 
-def test_a_dead_node_0_makes_node_1_exit_with_a_clear_message(tmp_path, tiny_path):
-    url, procs, logs = _start_nodes(tmp_path, tiny_path)
+def test_two_ranks_per_node_and_a_dead_node_0_makes_node_1_exit_clearly(tmp_path, tiny_path):
+    want = run_all(make_engine(load_model(tiny_path), **ENGINE), PROMPTS[1:],
+                   GenerationConfig(max_new_tokens=MAX_TOKENS, ignore_eos=True))[0].text
+    url, procs, logs = _start_nodes(tmp_path, tiny_path, tp=4)
     try:
-        assert _complete(url, PROMPTS[1]).status_code == 200
+        r = _complete(url, PROMPTS[1])
+        assert r.status_code == 200 and r.json()["choices"][0]["text"] == want, r.text
         _kill(procs["node 0"])
-        assert procs["node 1"].wait(20) == 1      # not left waiting for steps that never come
+        # node 1's ranks 2 and 3 both see the group break; not left waiting for steps that never come
+        assert procs["node 1"].wait(30) == 1
         text = logs["node 1"].read_text()
-        assert "rank 1 lost the tensor-parallel group" in text and "node 0 (127.0.0.1:" in text, text
+        assert "rank 2 lost the tensor-parallel group" in text and "node 0 (127.0.0.1:" in text, text
     finally:
         for p in procs.values():
             _kill(p)
