@@ -24,6 +24,11 @@ httpx = pytest.importorskip("httpx")
 pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
 
+import torch.distributed as dist  # noqa: E402
+
+if not (dist.is_available() and dist.is_gloo_available()):
+    pytest.skip("this torch build has no torch.distributed gloo backend", allow_module_level=True)
+
 from lmserve import GenerationConfig  # noqa: E402
 from lmserve.model.loader import load_model  # noqa: E402
 from tests.engine.helpers import make_engine, run_all  # noqa: E402
@@ -86,8 +91,8 @@ def _start_nodes(tmp_path: Path, model: str, tp: int):
     """Node 0 (api_server, ranks 0 .. tp/2-1) and node 1 (worker, the other half); returns the URL,
     processes and logs. With tp 4 each node also spawns a local worker of its own."""
     master, http = _free_port(), _free_port()
-    rendezvous = ["--tp", str(tp), "--nnodes", "2", "--tp-oversubscribe", "--master-addr", "127.0.0.1", "--master-port", str(master),
-                  "--tp-timeout", "30", "--device", "cpu"]
+    rendezvous = ["--tp", str(tp), "--nnodes", "2", "--master-addr", "127.0.0.1", "--master-port", str(master),
+                  "--tp-timeout", "30", "--tp-oversubscribe", "--device", "cpu"]
     logs = {"node 0": tmp_path / "node0.log", "node 1": tmp_path / "node1.log"}
     procs: dict[str, subprocess.Popen] = {}
     try:
