@@ -26,7 +26,9 @@ namespace {
 
 using namespace lmserve::attn;
 constexpr int kMaxRows = 4;                 // query rows of one KV head scored together
-constexpr int64_t kMinParallelWork = 4096;  // (token, KV head) pairs below which one thread runs
+// (token, KV head) pairs below which one thread runs: the float kernel's threshold, measured
+// there (paged_attention_cpu.cpp), not re-measured for this one
+constexpr int64_t kMinParallelWork = 512;
 
 struct QuantProblem {
   const float* q;
