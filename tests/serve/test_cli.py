@@ -89,8 +89,8 @@ def test_sigterm_drains_in_flight_requests_then_exits(tmp_path):
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     cmd = [sys.executable, "-m", "lmserve.serve", "api_server", "--server-name", "127.0.0.1", "--server_port",
-           str(port), "--session-len", "1024", "--num-blocks", "64", "--cache-block-seq-len", "16",
-           "--drain-timeout", "8"]
+           str(port), "--session-len", "4096", "--num-blocks", "256", "--cache-block-seq-len", "16",
+           "--drain-timeout", "20"]
     log = open(tmp_path / "server.log", "w")
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=os.getcwd())
     try:
@@ -121,7 +121,7 @@ def test_sigterm_drains_in_flight_requests_then_exits(tmp_path):
             first_chunk[name].set()
             results[name] = events
         workers = [threading.Thread(target=stream, args=("short", 12)),
-                   threading.Thread(target=stream, args=("long", 900))]
+                   threading.Thread(target=stream, args=("long", 3500))]
         for w in workers:
             w.start()
         assert first_chunk["short"].wait(60) and first_chunk["long"].wait(60)
