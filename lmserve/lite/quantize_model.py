@@ -8,8 +8,10 @@ import logging
 
 import torch
 
-from lmserve.lite.awq import AwqSettings, scaled_gram, search_clip, search_scale
-from lmserve.lite.quantizer import GroupQuant, check_group_size, quantize_groups
+from lmserve.lite.awq import (AwqSettings, output_error, scaled_gram, search_clip, search_clip_full,
+                             search_scale)
+from lmserve.lite.gptq import gptq_quantize
+from lmserve.lite.quantizer import GroupQuant, check_group_size, fake_quantize, quantize_groups
 from lmserve.model.config import ModelConfig
 
 logger = logging.getLogger(__name__)
@@ -79,20 +81,52 @@ def awq_layer(weights: dict, layer: int, stats: dict, cfg: ModelConfig,
     out = {}
     for c in LINEARS:
         w = weights[prefix + c + ".weight"]
-        clip = search_clip(w, grams[c], st) if st.clip_search and c not in _NO_CLIP else None
-        out[prefix + c + ".weight"] = quantize_groups(w, st.w_bits, st.w_group_size, clip)
+        clip = None
+        if st.clip_search and c not in _NO_CLIP:
+            clip = (search_clip_full if st.clip_gram == "full" else search_clip)(w, grams[c], st)
+        if st.rounding == "gptq":
+            out[prefix + c + ".weight"] = gptq_quantize(w, grams[c], st.w_bits, st.w_group_size,
+                                                        st.damp, clip)
+        else:
+            out[prefix + c + ".weight"] = quantize_groups(w, st.w_bits, st.w_group_size, clip)
+    return out, report
+
+
+def gptq_layer(weights: dict, layer: int, stats: dict, cfg: ModelConfig,
+               st: AwqSettings, min_zero: int = 0) -> tuple[dict[str, GroupQuant], dict[str, float]]:
+    """GPTQ rounding of one layer's linears, no scales: the linears that read one input share its
+    Gram matrix, so they are rounded together (rows are independent in GPTQ).
+    -> (quantized linears, {input: output error GPTQ / error RTN})."""
+    prefix = f"model.layers.{layer}."
+    out, report = {}, {}
+    for key, _, consumers in SCALE_GROUPS:
+        gram = stats[key]["gram"] / max(stats[key]["tokens"], 1)
+        names = [prefix + c + ".weight" for c in consumers]
+        w = torch.cat([weights[n] for n in names])
+        gq = gptq_quantize(w, gram, st.w_bits, st.w_group_size, st.damp, min_zero=min_zero)
+        rtn = output_error(fake_quantize(w, st.w_bits, st.w_group_size) - w, gram)
+        report[key] = output_error(gq.dequantize() - w, gram) / rtn if rtn > 0 else 1.0
+        start = 0
+        for n in names:
+            rows = weights[n].shape[0]
+            out[n] = GroupQuant(gq.q[start:start + rows], gq.zeros[start:start + rows],
+                                gq.scales[start:start + rows], gq.bits, gq.group_size)
+            start += rows
     return out, report
 
 
 def quantize_awq(weights: dict, stats: dict, cfg: ModelConfig, st: AwqSettings,
-                 progress: bool = True) -> dict:
+                 progress: bool = True, layer_fn=awq_layer) -> dict:
+    """stats: float-model statistics of every layer (`lite calibrate`). layer_fn: awq_layer or
+    gptq_layer. (The sequential form, where each layer's statistics come from the model whose
+    earlier layers are already quantized, is lite/sequential.py.)"""
     from tqdm import tqdm
     check_model_group_size(cfg, st.w_group_size)
     result = dict(weights)
     bar = tqdm(range(cfg.num_layers), desc="awq", unit="layer", disable=not progress)
     ratios = []
     for i in bar:
-        quantized, report = awq_layer(result, i, stats["layers"][i], cfg, st)
+        quantized, report = layer_fn(result, i, stats["layers"][i], cfg, st)
         result.update(quantized)
         ratios.append(report)
         bar.set_postfix({k: f"{v:.2f}" for k, v in report.items()})
