@@ -29,6 +29,9 @@ def _add_layerwise(p) -> None:
                   "(two forward passes; cannot reuse --calib-stats)")
     add_flag(p, "damp", type=float, default=0.01,
              help="GPTQ rounding: damping added to the Gram diagonal, a fraction of its mean")
+    add_flag(p, "sink_weight", type=float, default=1.0,
+             help="count each calibration sample's first token (the attention sink) this many "
+                  "times in the attention inputs' error")
     add_flag(p, "embedding_bits", type=int, default=None, choices=[4, 8, 16],
              help="embedding/head bits, quantized at load (default: --w-bits; 16 keeps them float)")
 
@@ -119,7 +122,7 @@ def run_auto_awq(args) -> None:
         st = AwqSettings(args.w_bits, args.w_group_size, args.search_grid, not args.no_clip,
                          scale_form=args.scale_form, rounding=args.rounding,
                          sequential=args.sequential, damp=args.damp,
-                         clip_gram=args.clip_gram)
+                         clip_gram=args.clip_gram, sink_weight=args.sink_weight)
         info = auto_awq(args.model_path, args.work_dir, st, _calib(args), args.embedding_bits)
     except (ValueError, FileNotFoundError) as e:
         _fail(e)
@@ -132,7 +135,7 @@ def run_auto_gptq(args) -> None:
     from lmserve.lite.recipes import auto_gptq
     try:
         st = AwqSettings(args.w_bits, args.w_group_size, rounding="gptq",
-                         sequential=args.sequential, damp=args.damp)
+                         sequential=args.sequential, damp=args.damp, sink_weight=args.sink_weight)
         info = auto_gptq(args.model_path, args.work_dir, st, _calib(args), args.embedding_bits)
     except (ValueError, FileNotFoundError) as e:
         _fail(e)

@@ -38,6 +38,7 @@ class AwqSettings:
     sequential: bool = False      # statistics from the model whose earlier layers are quantized
     damp: float = 0.01            # GPTQ: Gram diagonal damping, a fraction of its mean
     clip_gram: str = "block"      # clip search error: block (diagonal Gram blocks) or full
+    sink_weight: float = 1.0      # weight of each sample's first token (the attention sink) in G
 
     def __post_init__(self):
         if self.w_bits not in (4, 8):
@@ -48,6 +49,8 @@ class AwqSettings:
             raise ValueError(f"--rounding must be one of {', '.join(ROUNDINGS)}, got {self.rounding!r}")
         if self.clip_gram not in ("block", "full"):
             raise ValueError(f"--clip-gram must be block or full, got {self.clip_gram!r}")
+        if self.sink_weight < 1.0:
+            raise ValueError(f"--sink-weight must be at least 1, got {self.sink_weight}")
         if not 0.0 < self.damp < 1.0:
             raise ValueError(f"--damp must be in (0, 1), got {self.damp}")
         if self.n_grid < 1:
@@ -147,6 +150,19 @@ def search_clip_full(w: torch.Tensor, gram: torch.Tensor, st: AwqSettings) -> to
             ratio[:, g] = torch.where(better, r[:, 0], ratio[:, g])
         dw[:, cols] = best_dw
     return ratio
+
+
+def input_gram(stats: dict, sink_weight: float) -> torch.Tensor:
+    """Per-token mean Gram matrix of one linear input, with each sample's first token counted
+    sink_weight times: most tokens attend to that first token, so an error in its keys/values/
+    hidden state reaches every later token, not just itself."""
+    gram = stats["gram"]
+    if sink_weight != 1.0:
+        if "first" not in stats:
+            raise ValueError("--sink-weight needs first-token statistics; these were recorded by an "
+                             "older `lite calibrate`: calibrate again")
+        gram = gram + (sink_weight - 1.0) * stats["first"]
+    return gram / max(stats["tokens"], 1)
 
 
 def scaled_gram(gram: torch.Tensor, s: torch.Tensor) -> torch.Tensor:

@@ -8,8 +8,8 @@ import logging
 
 import torch
 
-from lmserve.lite.awq import (AwqSettings, output_error, scaled_gram, search_clip, search_clip_full,
-                             search_scale)
+from lmserve.lite.awq import (AwqSettings, input_gram, output_error, scaled_gram, search_clip,
+                             search_clip_full, search_scale)
 from lmserve.lite.gptq import gptq_quantize
 from lmserve.lite.quantizer import GroupQuant, check_group_size, fake_quantize, quantize_groups
 from lmserve.model.config import ModelConfig
@@ -26,6 +26,13 @@ SCALE_GROUPS = (
     ("down", "mlp.up_proj", ("mlp.down_proj",)),
 )
 _NO_CLIP = ("self_attn.q_proj", "self_attn.k_proj")
+
+
+def _sink_weight(key: str, st: AwqSettings) -> float:
+    """The first token's extra weight applies to the attention block's inputs (q/k/v and o):
+    through attention, its keys and values reach every later token. Weighting the MLP inputs
+    too made perplexity worse on held-out ShareGPT text (docs/quantization.md)."""
+    return st.sink_weight if key in ("qkv", "o") else 1.0
 
 
 def check_model_group_size(cfg: ModelConfig, group_size: int) -> None:
@@ -66,7 +73,7 @@ def awq_layer(weights: dict, layer: int, stats: dict, cfg: ModelConfig,
     grams, report = {}, {}
     for key, producer, consumers in SCALE_GROUPS:
         st_in = stats[key]
-        gram = st_in["gram"] / max(st_in["tokens"], 1)
+        gram = input_gram(st_in, _sink_weight(key, st))
         w = torch.cat([weights[prefix + c + ".weight"] for c in consumers])
         gqa = None
         if key == "o" and cfg.num_heads != cfg.num_kv_heads:
@@ -100,7 +107,7 @@ def gptq_layer(weights: dict, layer: int, stats: dict, cfg: ModelConfig,
     prefix = f"model.layers.{layer}."
     out, report = {}, {}
     for key, _, consumers in SCALE_GROUPS:
-        gram = stats[key]["gram"] / max(stats[key]["tokens"], 1)
+        gram = input_gram(stats[key], _sink_weight(key, st))
         names = [prefix + c + ".weight" for c in consumers]
         w = torch.cat([weights[n] for n in names])
         gq = gptq_quantize(w, gram, st.w_bits, st.w_group_size, st.damp, min_zero=min_zero)

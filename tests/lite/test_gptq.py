@@ -98,7 +98,7 @@ def test_cli_auto_gptq_round_trips_serves_and_beats_rtn(tiny_dir, text_file, tmp
     from lmserve.kernels.quant_weight import QuantWeight
     common = ["--calib-dataset", text_file, "--calib-samples", "4", "--calib-seqlen", "64",
               "--w-group-size", "32", "--embedding-bits", "16"]
-    main(["lite", "auto_gptq", tiny_dir, *common, "--sequential", "--work-dir", str(tmp_path / "g")])
+    main(["lite", "auto_gptq", tiny_dir, *common, "--sequential", "--sink-weight", "8", "--work-dir", str(tmp_path / "g")])
     qcfg = json.loads((tmp_path / "g" / "config.json").read_text())["quantization_config"]
     assert qcfg["quant_method"] == "gptq" and qcfg["bits"] == 4 and qcfg["sym"] is False
     from lmserve.lite.recipes import rtn
@@ -135,3 +135,22 @@ def test_awq_with_gptq_rounding_beats_awq_alone_on_a_tiny_model(tiny_dir, text_f
 
     nearest, gptq = hidden_error("nearest"), hidden_error("gptq")
     assert gptq < 0.8 * nearest, (gptq, nearest)
+
+
+def test_sink_weight_counts_the_first_token_more_in_the_attention_inputs_only(tiny_dir, text_file):
+    from lmserve.lite.awq import input_gram
+    from lmserve.lite.calibrate import calibrate
+    from lmserve.lite.quantize_model import _sink_weight
+    _, stats = calibrate(tiny_dir, text_file, 2, 32, progress=False)
+    s = stats["layers"][0]["qkv"]
+    x0 = s["first"]
+    assert torch.linalg.matrix_rank(x0) == 2                     # one first token per sample
+    expected = (s["gram"] + 99.0 * x0) / s["tokens"]
+    assert torch.allclose(input_gram(s, 100.0), expected)
+    st = AwqSettings(4, 32, sink_weight=100.0)
+    assert _sink_weight("qkv", st) == _sink_weight("o", st) == 100.0
+    assert _sink_weight("gate_up", st) == _sink_weight("down", st) == 1.0
+    with pytest.raises(ValueError, match="calibrate again"):
+        input_gram({"gram": s["gram"], "tokens": s["tokens"]}, 100.0)
+    with pytest.raises(ValueError, match="--sink-weight must be at least 1"):
+        AwqSettings(4, 32, sink_weight=0.5)
