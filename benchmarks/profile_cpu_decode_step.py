@@ -48,8 +48,10 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=None,
                    help="torch threads for the profiled steps (1: work alone, without waits for a "
                         "descheduled second thread on a busy machine)")
+    p.add_argument("--dequantize-gguf", action="store_true",
+                   help="run the GGUF's low-bit weights as fp32 (default: low-bit, as the CPU engine serves them)")
     a = p.parse_args()
-    loaded = load_model(None)
+    loaded = load_model(None, keep_gguf_quantized=not a.dequantize_gguf)
     engine = Engine(loaded, EngineConfig(device="cpu"))
     template = ChatTemplate(loaded.tokenizer, None, loaded.chat_template)
     gen = GenerationConfig(max_new_tokens=10_000, ignore_eos=True)
@@ -67,7 +69,8 @@ def main() -> None:
 
     phases: dict[str, float] = defaultdict(float)
     runner, sched = engine.runner, engine.scheduler
-    runner._prepare = timed(phases, "model_runner._prepare", runner._prepare)
+    model_runner.StepPlan.from_batch = staticmethod(timed(phases, "StepPlan.from_batch (inputs)",
+                                                           model_runner.StepPlan.from_batch))
     runner.model.forward = timed(phases, "model forward (30 layers)", runner.model.forward)
     runner.model.compute_logits = timed(phases, "compute_logits (lm head)",
                                         runner.model.compute_logits)

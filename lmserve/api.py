@@ -16,6 +16,7 @@ from lmserve.chat_template import ChatTemplate
 from lmserve.config import ChatTemplateConfig, EngineConfig, GenerationConfig
 from lmserve.engine.engine import Engine, RequestOutput
 from lmserve.engine.engine_loop import EngineLoop
+from lmserve.engine.fresh_thread import run_in_fresh_thread
 from lmserve.engine.model_runner import resolve_device
 from lmserve.model.loader import load_model
 
@@ -56,12 +57,16 @@ class Pipeline:
         cfg = self.backend_config
         # the low-bit kernels are CPU kernels; on a GPU a GGUF is dequantized at load
         keep_low_bit = resolve_device(cfg).type == "cpu" and not cfg.dequantize_gguf
-        loaded = load_model(model_path, load_format=cfg.load_format, keep_gguf_quantized=keep_low_bit)
+
+        def build():
+            loaded = load_model(model_path, load_format=cfg.load_format, keep_gguf_quantized=keep_low_bit)
+            return loaded, Engine(loaded, cfg)
+        # torch work here would leave this thread an OpenMP team that slows the engine's (fresh_thread.py)
+        loaded, self.engine = run_in_fresh_thread(build)
         self.model_name, self.model_path = loaded.model_name, loaded.model_path
         self.tokenizer = loaded.tokenizer
         self.generation_defaults = loaded.generation_defaults
         self.chat_template = ChatTemplate(self.tokenizer, chat_template_config, loaded.chat_template)
-        self.engine = Engine(loaded, self.backend_config)
         self.loop = EngineLoop(self.engine)
 
     # ---- prompt handling ------------------------------------------------------------------------

@@ -32,7 +32,10 @@ class EngineConfig:
     num_blocks: int | None = None        # explicit KV block count, overrides cache_max_entry_count
     max_prefill_token_num: int = 4096    # token budget of one step; longer prompts are chunked
     enable_prefix_caching: bool = False
-    quant_policy: int = 0                # 0 | 4 | 8 : KV cache int4/int8 (LMDeploy's meaning)
+    quant_policy: int = 0                # 0 | 4 | 8 : KV cache int4/int8 (LMDeploy's meaning); CPU only
+    # rotate each K/V row by an orthogonal (Hadamard) matrix before quantizing it: our own addition
+    # beyond LMDeploy, which int4 needs to stay close to float. auto = on for int4, off for int8.
+    kv_rotation: str = "auto"            # auto | on | off
     load_format: str = "auto"            # auto | hf | gguf | dummy
     eager_mode: bool = False
     # GGUF Q4_0/Q4_1/Q8_0 weights run low-bit on CPU (about 5x less memory traffic per token);
@@ -47,6 +50,11 @@ class EngineConfig:
     master_port: int | None = None
     tp_timeout: float = 300.0            # s: set-up, and the longest wait inside one step's collectives
     tp_oversubscribe: bool = False       # CPU: allow more ranks on a node than its cores
+
+    @property
+    def kv_rotated(self) -> bool:
+        """Whether a quantized KV cache stores rotated rows (--kv-rotation)."""
+        return self.kv_rotation == "on" or (self.kv_rotation == "auto" and self.quant_policy == 4)
 
     def __post_init__(self):
         if self.dtype not in ("auto", "float32", "float16", "bfloat16"):
@@ -73,6 +81,8 @@ class EngineConfig:
         _check_range("--max-prefill-token-num", self.max_prefill_token_num, 16)
         if self.quant_policy not in (0, 4, 8):
             raise ValueError(f"--quant-policy must be 0, 4 or 8, got {self.quant_policy}")
+        if self.kv_rotation not in ("auto", "on", "off"):
+            raise ValueError(f"--kv-rotation must be one of auto, on, off, got {self.kv_rotation!r}")
         if self.load_format not in ("auto", "hf", "gguf", "dummy"):
             raise ValueError(f"--load-format must be one of auto, hf, gguf, dummy, got {self.load_format!r}")
 

@@ -64,6 +64,13 @@ def hf_generate(model, prompt_ids: list[int], new_tokens: int) -> tuple[list[int
     return out[0, len(prompt_ids):].tolist(), start, streamer.times
 
 
+def on_engine_thread(pipe, fn, *args):
+    """fn(*args) on the engine's own thread, so transformers and lmserve use the same OpenMP team:
+    a second team (this thread's) would slow whichever side runs while the other's sits idle
+    (see lmserve/engine/fresh_thread.py). The engine is idle meanwhile: the two never overlap."""
+    return pipe.loop.call(lambda _engine: fn(*args))
+
+
 def _decode_rate(n: int, first: float, last: float) -> float:
     return (n - 1) / (last - first) if n > 1 and last > first else 0.0
 
@@ -72,7 +79,7 @@ def single_stream(pipe, model, prompt_ids: list[int], new_tokens: int, runs: int
     hf, lm = [], []
     request = SampleRequest("", prompt_ids, new_tokens)
     for _ in range(runs):
-        _, _, times = hf_generate(model, prompt_ids, new_tokens)
+        _, _, times = on_engine_thread(pipe, hf_generate, model, prompt_ids, new_tokens)
         hf.append(_decode_rate(len(times), times[0], times[-1]))
         record = asyncio.run(generate_timed(pipe, request))
         if not record.success:
@@ -94,7 +101,7 @@ async def _lmserve_batch(pipe, requests: list[SampleRequest]) -> list[list[int]]
 
 def batched(pipe, model, requests: list[SampleRequest], progress: bool) -> dict:
     start = time.perf_counter()
-    hf_ids = [hf_generate(model, r.prompt_ids, r.output_len)[0]
+    hf_ids = [on_engine_thread(pipe, hf_generate, model, r.prompt_ids, r.output_len)[0]
               for r in tqdm(requests, desc="transformers one by one", unit="prompt", disable=not progress,
                             leave=False)]
     hf_s = time.perf_counter() - start
@@ -123,9 +130,9 @@ def main(args) -> None:
         requests, report = load_sharegpt(args.dataset, pipe.tokenizer, args.num_prompts, pipe.engine.session_len,
                                          args.output_len)
         print(report.line())
-        model = load_hf_model(pipe.model_path)
+        model = on_engine_thread(pipe, load_hf_model, pipe.model_path)
         warm = requests[0].prompt_ids
-        hf_generate(model, warm, 2)                  # first-call costs are not steady state, in either
+        on_engine_thread(pipe, hf_generate, model, warm, 2)   # first-call costs are not steady state, in either
         asyncio.run(generate_timed(pipe, SampleRequest("", warm, 2)))
         single = single_stream(pipe, model, requests[0].prompt_ids, args.single_output_len, args.single_runs)
         batch = batched(pipe, model, requests, not args.no_progress)

@@ -78,7 +78,8 @@ def environment() -> dict:
 def engine_flags(args) -> dict:
     """The engine flags of a run, stored with its result."""
     names = ("max_batch_size", "cache_max_entry_count", "num_blocks", "max_prefill_token_num",
-             "enable_prefix_caching", "dtype", "device", "load_format", "session_len")
+             "enable_prefix_caching", "dtype", "device", "load_format", "session_len", "quant_policy",
+             "kv_cache_dtype", "kv_rotation")
     return {k: getattr(args, k, None) for k in names}
 
 

@@ -28,7 +28,7 @@ def add_engine_args(parser: argparse.ArgumentParser) -> None:
     add_flag(g, "max_batch_size", type=int, default=64)
     add_flag(g, "max_prefill_token_num", type=int, default=4096, help="token budget per step (chunked prefill)")
     add_flag(g, "enable_prefix_caching", action="store_true")
-    add_flag(g, "quant_policy", type=int, default=0, choices=[0, 4, 8], help="KV cache int4 (4) / int8 (8)")
+    add_kv_quant_args(g)
     add_flag(g, "dtype", default="auto", choices=["auto", "float32", "float16", "bfloat16"])
     add_flag(g, "device", default="auto", choices=["auto", "cpu", "cuda"])
     add_flag(g, "load_format", default="auto", choices=["auto", "hf", "gguf", "dummy"])
@@ -37,6 +37,29 @@ def add_engine_args(parser: argparse.ArgumentParser) -> None:
     add_flag(g, "eager_mode", action="store_true", help="CUDA: run decode steps without CUDA graphs")
     add_flag(g, "log_level", default="WARNING", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     add_tp_args(parser)
+
+
+def add_kv_quant_args(g) -> None:
+    """KV-cache quantization flags, shared by the engine commands and `eval ppl`."""
+    add_flag(g, "quant_policy", type=int, default=0, choices=[0, 4, 8],
+             help="KV cache int4 (4) / int8 (8), LMDeploy's meaning; CPU only (docs/quantization.md)")
+    add_flag(g, "kv_cache_dtype", default="auto", choices=["auto", "int8", "int4"],
+             help="the same as --quant-policy 8 / 4 (auto: follow --quant-policy)")
+    add_flag(g, "kv_rotation", default="auto", choices=["auto", "on", "off"],
+             help="rotate K/V rows (Hadamard) before quantizing; auto: on for int4 only")
+
+
+def quant_policy_from_args(args) -> int:
+    """--quant-policy, or --kv-cache-dtype int8|int4 (vLLM's spelling); when both are given they
+    must agree."""
+    policy = args.quant_policy
+    if args.kv_cache_dtype != "auto":
+        wanted = {"int8": 8, "int4": 4}[args.kv_cache_dtype]
+        if policy and policy != wanted:
+            raise SystemExit(f"error: --quant-policy {policy} and --kv-cache-dtype {args.kv_cache_dtype} "
+                             f"disagree; give one of them")
+        policy = wanted
+    return policy
 
 
 def add_tp_args(parser: argparse.ArgumentParser) -> None:
@@ -68,14 +91,14 @@ def add_gen_args(parser: argparse.ArgumentParser) -> None:
 
 
 def engine_config_from_args(args) -> EngineConfig:
-    if args.quant_policy:
-        raise SystemExit("--quant-policy 4/8 (KV-cache quantization) is not available yet; use 0")
+    quant_policy = quant_policy_from_args(args)
     try:
         return EngineConfig(dtype=args.dtype, device=args.device, session_len=args.session_len,
                             max_batch_size=args.max_batch_size, cache_max_entry_count=args.cache_max_entry_count,
                             cache_block_seq_len=args.cache_block_seq_len, num_blocks=args.num_blocks,
                             max_prefill_token_num=args.max_prefill_token_num,
-                            enable_prefix_caching=args.enable_prefix_caching, load_format=args.load_format,
+                            enable_prefix_caching=args.enable_prefix_caching, quant_policy=quant_policy,
+                            kv_rotation=args.kv_rotation, load_format=args.load_format,
                             dequantize_gguf=args.dequantize_gguf, eager_mode=args.eager_mode,
                             **tp_config_kwargs(args))
     except ValueError as e:

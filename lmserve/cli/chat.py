@@ -22,8 +22,11 @@ def add_chat_parser(subparsers) -> None:
 
 def run_chat(args) -> None:
     from lmserve.api import pipeline
-    pipe = pipeline(args.model_path, engine_config_from_args(args), chat_template_config_from_args(args),
-                    log_level=args.log_level)
+    try:
+        pipe = pipeline(args.model_path, engine_config_from_args(args), chat_template_config_from_args(args),
+                        log_level=args.log_level)
+    except (ValueError, FileNotFoundError) as e:    # e.g. a --tp this model cannot be split by
+        raise SystemExit(f"lmserve chat: {e}") from e
     gen = gen_config_from_args(args)
     print(f"model: {pipe.model_name}\n{pipe.engine.cache_summary()}")
     print("Type a message and press Enter. `end` starts a new session, `exit` quits, Ctrl-C stops an answer.")

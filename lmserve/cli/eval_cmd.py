@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 import sys
 
-from lmserve.cli.args import add_flag
+from lmserve.cli.args import add_flag, add_kv_quant_args, quant_policy_from_args
 
 
 def add_eval_parser(subparsers) -> None:
@@ -18,6 +18,7 @@ def add_eval_parser(subparsers) -> None:
     add_flag(p, "stride", type=int, default=None, help="tokens between window starts (default: --window)")
     add_flag(p, "max_windows", type=int, default=None, help="stop after this many windows")
     add_flag(p, "dequantize_gguf", action="store_true", help="run a GGUF's low-bit weights as floats")
+    add_kv_quant_args(p)
     add_flag(p, "json", default=None, help="also write the result to this JSON file ('-' for stdout)")
     add_flag(p, "log_level", default="WARNING", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     p.set_defaults(func=run_ppl)
@@ -29,16 +30,22 @@ def run_ppl(args) -> None:
     from lmserve.eval.ppl import PplConfig, perplexity, read_text_tokens
     try:
         cfg = PplConfig(args.window, args.stride, args.max_windows)
-        scorer = DirectModel.load(args.model_path, cfg.window, low_bit_gguf=not args.dequantize_gguf)
+        quant_policy = quant_policy_from_args(args)
+        scorer = DirectModel.load(args.model_path, cfg.window, low_bit_gguf=not args.dequantize_gguf,
+                                  quant_policy=quant_policy, kv_rotation=args.kv_rotation)
         result = perplexity(scorer, read_text_tokens(scorer.tokenizer, args.dataset), cfg)
     except (ValueError, FileNotFoundError) as e:
         raise SystemExit(f"error: {e}")
     name = scorer.loaded.model_name
-    print(f"{'model':<28} {'ppl':>9} {'tokens':>8} {'windows':>8} {'window/stride':>14} {'weight MB':>10} {'s':>7}")
-    print(f"{name[:28]:<28} {result.ppl:>9.4f} {result.tokens_scored:>8} {result.windows:>8} "
+    kv = (f"int{quant_policy}{'+rot' if scorer.kv_rotated else ''}" if quant_policy else "float")
+    print(f"{'model':<28} {'KV':>9} {'ppl':>9} {'tokens':>8} {'windows':>8} {'window/stride':>14} "
+          f"{'weight MB':>10} {'s':>7}")
+    print(f"{name[:28]:<28} {kv:>9} {result.ppl:>9.4f} {result.tokens_scored:>8} {result.windows:>8} "
           f"{f'{result.window}/{result.stride}':>14} {result.weight_bytes / 1e6:>10.1f} {result.seconds:>7.1f}")
     if args.json:
-        payload = dict(result.to_dict(), model=scorer.loaded.model_path, dataset=args.dataset)
+        payload = dict(result.to_dict(), model=scorer.loaded.model_path, dataset=args.dataset,
+                       quant_policy=quant_policy, kv_rotated=scorer.kv_rotated,
+                       kv_bytes_per_token=scorer.kv_bytes_per_token())
         if args.json == "-":
             print(json.dumps(payload))
         else:

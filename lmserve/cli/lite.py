@@ -38,7 +38,7 @@ def _add_layerwise(p) -> None:
 
 
 def add_lite_parser(subparsers) -> None:
-    lite = subparsers.add_parser("lite", help="quantize a model (AWQ, W8A16, SmoothQuant W8A8)")
+    lite = subparsers.add_parser("lite", help="quantize a model (AWQ, W8A16, SmoothQuant W8A8; KV rungs in auto)")
     sub = lite.add_subparsers(dest="lite_command", metavar="RECIPE")
 
     p = sub.add_parser("calibrate", help="record per-linear activation statistics")
@@ -90,7 +90,9 @@ def add_lite_parser(subparsers) -> None:
     add_flag(p, "window", type=int, default=512)
     add_flag(p, "stride", type=int, default=None)
     add_flag(p, "max_windows", type=int, default=None)
-    add_flag(p, "rungs", default=None, help="comma-separated subset of the ladder")
+    add_flag(p, "rungs", default=None,
+             help="comma-separated subset of the ladder: fp, w8a16-rtn, w4a16-rtn, w4a16-awq, "
+                  "w8a8-smoothquant, kv-int8, w4a16-awq+kv-int8, kv-int4 (default: all)")
     add_flag(p, "json", default=None, help="also write the results to this JSON file")
     p.set_defaults(func=run_auto)
     lite.set_defaults(func=lambda args: (lite.print_help(), sys.exit(2)))

@@ -74,7 +74,7 @@ class Engine:
 
     def cache_summary(self) -> str:
         return (f"KV cache: {self.runner.num_blocks} blocks x {self.block_size} tokens = {self.cache_tokens} tokens, "
-                f"{self.runner.kv_bytes_per_token} bytes per token ({self.runner.dtype}, {self.runner.device})")
+                f"{self.runner.kv_bytes_per_token} bytes per token ({self.runner.kv_cache_kind}, {self.runner.device})")
 
     # ---- requests -------------------------------------------------------------------------------
     def add_request(self, request_id: str, prompt_ids: list[int], gen: GenerationConfig,

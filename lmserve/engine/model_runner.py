@@ -17,6 +17,7 @@ from lmserve.config import EngineConfig
 from lmserve.engine.cuda_graphs import maybe_decode_graphs
 from lmserve.engine.scheduler import ScheduledBatch
 from lmserve.engine.step_plan import StepPlan
+from lmserve.kernels.kv_quant import QuantKVCache, bytes_per_token_head
 from lmserve.model.config import ModelConfig
 from lmserve.model.llama import LlamaForCausalLM
 from lmserve.nn.parallel import ParallelContext
@@ -77,6 +78,11 @@ class ModelRunner:
         self.cfg, self.model_cfg, self.channel = cfg, model_cfg, channel
         self.device = resolve_device(cfg)
         self.dtype = resolve_dtype(cfg, model_cfg, self.device)
+        self.kv_bits = cfg.quant_policy
+        if self.kv_bits and self.device.type != "cpu":     # checked before the weights are loaded
+            raise ValueError(f"--quant-policy {self.kv_bits} (KV cache int{self.kv_bits}) runs on CPU "
+                             f"only for now: the CUDA attention kernels do not read a quantized cache; "
+                             f"use --quant-policy 0 on {self.device.type}")
         self.block_size = cfg.cache_block_seq_len
         with torch.device(self.device):
             self.model = LlamaForCausalLM(model_cfg, self.dtype, session_len, parallel)
@@ -84,24 +90,41 @@ class ModelRunner:
         _move_loaded_weights(self.model, self.device)
         self.model.eval()
         kv_heads, d = self.model.num_local_kv_heads, model_cfg.head_dim
-        elem = torch.finfo(self.dtype).bits // 8
-        self.kv_bytes_per_token = 2 * model_cfg.num_layers * kv_heads * d * elem
+        per_head = (bytes_per_token_head(d, self.kv_bits) if self.kv_bits
+                    else d * torch.finfo(self.dtype).bits // 8)
+        self.kv_bytes_per_token = 2 * model_cfg.num_layers * kv_heads * per_head
         self.num_blocks = self._count_blocks()
         if channel is not None:         # every rank's cache must hold the same blocks
             self.num_blocks = channel.agree_startup(self.num_blocks)
-        shape = (self.num_blocks, self.block_size, kv_heads, d)
-        self.kv_caches = [(self._zeros(shape), self._zeros(shape)) for _ in range(model_cfg.num_layers)]
+        self.kv_caches = [self._layer_cache(kv_heads, d) for _ in range(model_cfg.num_layers)]
         self.generator = torch.Generator(device=self.device).manual_seed(cfg.seed)
         self.decode_graphs = maybe_decode_graphs(self.model, self.kv_caches, cfg, self.device,
                                                  session_len, self.block_size)
 
-    def _zeros(self, shape: tuple[int, ...]) -> torch.Tensor:
+    @property
+    def kv_cache_kind(self) -> str:
+        """What one cached element is, for the start-up line."""
+        if not self.kv_bits:
+            return str(self.dtype).removeprefix("torch.")
+        rotated = ", rotated" if self.cfg.kv_rotated else ""
+        return f"int{self.kv_bits} + fp16 scale/zero per token and head{rotated}"
+
+    def _layer_cache(self, kv_heads: int, head_dim: int):
+        if self.kv_bits:
+            return QuantKVCache.allocate(self.num_blocks, self.block_size, kv_heads, head_dim,
+                                         self.kv_bits, self.cfg.kv_rotated, self._zeros)
+        shape = (self.num_blocks, self.block_size, kv_heads, head_dim)
+        return self._zeros(shape), self._zeros(shape)
+
+    def _zeros(self, shape: tuple[int, ...], dtype: torch.dtype | None = None) -> torch.Tensor:
+        dtype = dtype or self.dtype
         if self.device.type != "cpu":
-            return torch.zeros(shape, dtype=self.dtype, device=self.device)
+            return torch.zeros(shape, dtype=dtype, device=self.device)
         # Anonymous mmap pages read as zero and are committed on first write, so start-up does not
         # memset gigabytes of cache (torch.zeros took 7 s for the default 3.2 GB CPU budget).
-        nbytes = math.prod(shape) * torch.finfo(self.dtype).bits // 8
-        return torch.frombuffer(mmap.mmap(-1, nbytes), dtype=self.dtype).view(shape)
+        nbytes = math.prod(shape) * (torch.finfo(dtype).bits if dtype.is_floating_point
+                                     else torch.iinfo(dtype).bits) // 8
+        return torch.frombuffer(mmap.mmap(-1, nbytes), dtype=dtype).view(shape)
 
     def _count_blocks(self) -> int:
         if self.cfg.num_blocks is not None:

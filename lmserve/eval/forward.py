@@ -10,6 +10,8 @@ import logging
 
 import torch
 
+from lmserve.config import EngineConfig
+from lmserve.kernels.kv_quant import QuantKVCache, bytes_per_token_head
 from lmserve.model.llama import LlamaForCausalLM
 from lmserve.nn.attention import AttentionMetadata, PrefillChunk
 
@@ -17,30 +19,47 @@ logger = logging.getLogger(__name__)
 
 
 class DirectModel:
-    """LlamaForCausalLM in float32 on CPU with a private KV cache sized for one window."""
+    """LlamaForCausalLM in float32 on CPU with a private KV cache sized for one window.
 
-    def __init__(self, loaded, max_tokens: int = 2048):
+    quant_policy 8 / 4 gives it an int8 / int4 KV cache (kv_rotation as the engine's
+    --kv-rotation): attention then reads every K/V row quantized and dequantized, as the
+    engine's decode steps read them from its cache, so perplexity measures the served model.
+    """
+
+    def __init__(self, loaded, max_tokens: int = 2048, quant_policy: int = 0, kv_rotation: str = "auto"):
         if max_tokens < 2:
             raise ValueError(f"max_tokens must be at least 2, got {max_tokens}")
+        kv_cfg = EngineConfig(quant_policy=quant_policy, kv_rotation=kv_rotation)   # checks both
         cfg = loaded.config
         self.loaded, self.config, self.max_tokens = loaded, cfg, max_tokens
+        self.quant_policy, self.kv_rotated = quant_policy, kv_cfg.kv_rotated and quant_policy != 0
         self.tokenizer = loaded.tokenizer
         self.model = LlamaForCausalLM(cfg, torch.float32, max_tokens)
         self.model.load_weights(loaded.weights())
         self.model.eval()
         kv = self.model.num_local_kv_heads
-        # one block as long as the window: a fresh prefill reads k/v directly, the cache is only
-        # written, so its contents between windows do not matter
-        shape = (1, max_tokens, kv, cfg.head_dim)
-        self.kv_caches = [(torch.zeros(shape), torch.zeros(shape)) for _ in range(cfg.num_layers)]
+        # one block as long as the window: a fresh prefill attends to this window's own k/v (as
+        # quantized when the cache is), so the cache's contents between windows do not matter
+        if quant_policy:
+            self.kv_caches = [QuantKVCache.allocate(1, max_tokens, kv, cfg.head_dim, quant_policy,
+                                                    kv_cfg.kv_rotated) for _ in range(cfg.num_layers)]
+        else:
+            shape = (1, max_tokens, kv, cfg.head_dim)
+            self.kv_caches = [(torch.zeros(shape), torch.zeros(shape)) for _ in range(cfg.num_layers)]
 
     @classmethod
     def load(cls, model_path: str | None, max_tokens: int = 2048, low_bit_gguf: bool = True,
-             load_format: str = "auto") -> DirectModel:
+             load_format: str = "auto", quant_policy: int = 0, kv_rotation: str = "auto") -> DirectModel:
         """low_bit_gguf: keep a GGUF's Q4/Q8 blocks low-bit, as the CPU engine serves them."""
         from lmserve.model.loader import load_model
         return cls(load_model(model_path, load_format=load_format, keep_gguf_quantized=low_bit_gguf),
-                   max_tokens)
+                   max_tokens, quant_policy, kv_rotation)
+
+    def kv_bytes_per_token(self) -> int:
+        """KV-cache bytes per token as the engine would hold them (float16 when not quantized)."""
+        d, layers = self.config.head_dim, self.config.num_layers
+        per_head = bytes_per_token_head(d, self.quant_policy) if self.quant_policy else 2 * d
+        return 2 * layers * self.model.num_local_kv_heads * per_head
 
     @torch.inference_mode()
     def hidden_states(self, ids) -> torch.Tensor:

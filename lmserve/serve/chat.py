@@ -7,8 +7,9 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 
 from lmserve.serve.context import ServerContext, get_context
-from lmserve.serve.errors import APIError, bad_request, sse_error
-from lmserve.serve.formatting import DONE, TokenText, chat_logprobs, event_stream, new_id, sse, usage
+from lmserve.serve.errors import bad_request
+from lmserve.serve.formatting import (TokenText, chat_logprobs, event_stream, new_id, sse, usage,
+                                      with_stream_tail)
 from lmserve.serve.generation import ClientGone, Generation, unless_disconnected
 from lmserve.serve.prompts import (check_prompt, encode_messages, fan_out, generation_config,
                                    template_messages)
@@ -84,10 +85,17 @@ async def _stream(ctx: ServerContext, body: ChatCompletionRequest, generation: G
     def chunk(choice: dict) -> str:
         return sse({**base, "choices": [choice]})
 
-    for index in range(body.n):
-        yield chunk({"index": index, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
-                     "finish_reason": None})
-    try:
+    def usage_chunk():
+        if not include_usage:
+            return None
+        outs = generation.last.values()
+        return {**base, "choices": [], "usage": usage(
+            prompt_len, sum(len(o.token_ids) for o in outs), min((o.num_cached_tokens for o in outs), default=0))}
+
+    async def chunks():
+        for index in range(body.n):
+            yield chunk({"index": index, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
+                         "finish_reason": None})
         async for index, out in generation.outputs():
             lp = None
             if body.logprobs:
@@ -98,12 +106,6 @@ async def _stream(ctx: ServerContext, body: ChatCompletionRequest, generation: G
                 continue        # text held back (a partial character or a possible stop string)
             yield chunk({"index": index, "delta": {"content": out.delta_text} if out.delta_text else {},
                          "logprobs": lp, "finish_reason": out.finish_reason if out.finished else None})
-    except APIError as e:
-        yield sse_error(e)
-        yield DONE
-        return
-    if include_usage:
-        outs = generation.last.values()
-        yield sse({**base, "choices": [], "usage": usage(
-            prompt_len, sum(len(o.token_ids) for o in outs), min((o.num_cached_tokens for o in outs), default=0))})
-    yield DONE
+
+    async for line in with_stream_tail(chunks(), usage_chunk):
+        yield line

@@ -11,8 +11,9 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 
 from lmserve.serve.context import ServerContext, get_context
-from lmserve.serve.errors import APIError, bad_request, sse_error
-from lmserve.serve.formatting import DONE, TokenText, completion_logprobs, event_stream, new_id, sse, usage
+from lmserve.serve.errors import bad_request
+from lmserve.serve.formatting import (TokenText, completion_logprobs, event_stream, new_id, sse, usage,
+                                      with_stream_tail)
 from lmserve.serve.generation import ClientGone, Generation, unless_disconnected
 from lmserve.serve.prompts import check_prompt, encode_text, fan_out, generation_config
 from lmserve.serve.protocol import ERROR_RESPONSES, CompletionRequest, CompletionResponse
@@ -116,11 +117,20 @@ async def _stream(ctx, body: CompletionRequest, generation: Generation, echo: li
     def chunk(choice: dict) -> str:
         return sse({**base, "choices": [choice]})
 
-    if body.echo:
-        for index in range(num_choices):
-            text_offset[index] = len(echo[index // body.n])
-            yield chunk({"index": index, "text": echo[index // body.n], "logprobs": None, "finish_reason": None})
-    try:
+    def usage_chunk():
+        if not include_usage:
+            return None
+        outs = generation.last.values()
+        return {**base, "choices": [], "usage": usage(
+            prompt_tokens, sum(len(o.token_ids) for o in outs),
+            sum(o.num_cached_tokens for i, o in generation.last.items() if i % body.n == 0))}
+
+    async def chunks():
+        if body.echo:
+            for index in range(num_choices):
+                text_offset[index] = len(echo[index // body.n])
+                yield chunk({"index": index, "text": echo[index // body.n], "logprobs": None,
+                             "finish_reason": None})
         async for index, out in generation.outputs():
             lp = None
             if body.logprobs is not None:
@@ -133,13 +143,6 @@ async def _stream(ctx, body: CompletionRequest, generation: Generation, echo: li
                 continue
             yield chunk({"index": index, "text": out.delta_text, "logprobs": lp,
                          "finish_reason": out.finish_reason if out.finished else None})
-    except APIError as e:
-        yield sse_error(e)
-        yield DONE
-        return
-    if include_usage:
-        outs = generation.last.values()
-        yield sse({**base, "choices": [], "usage": usage(
-            prompt_tokens, sum(len(o.token_ids) for o in outs),
-            sum(o.num_cached_tokens for i, o in generation.last.items() if i % body.n == 0))})
-    yield DONE
+
+    async for line in with_stream_tail(chunks(), usage_chunk):
+        yield line

@@ -5,10 +5,13 @@ layer, and pydantic models there would cost more than the rest of it.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import uuid
 
 from fastapi.responses import StreamingResponse
+
+from lmserve.serve.errors import APIError, sse_error
 
 DONE = "data: [DONE]\n\n"
 
@@ -89,3 +92,21 @@ class ClosingStreamingResponse(StreamingResponse):
 def event_stream(body, on_close) -> ClosingStreamingResponse:
     return ClosingStreamingResponse(body, on_close, media_type="text/event-stream",
                                     headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+async def with_stream_tail(chunks, usage_chunk):
+    """The end every OpenAI stream shares: after `chunks` (an async iterator of SSE lines), the
+    usage chunk when `usage_chunk()` returns one, then [DONE]. An APIError raised while streaming
+    becomes an error event and ends the stream (the headers were sent, so no status can change)."""
+    try:
+        async with contextlib.aclosing(chunks):    # a client gone mid-stream closes the inner one too
+            async for line in chunks:
+                yield line
+    except APIError as e:
+        yield sse_error(e)
+        yield DONE
+        return
+    final = usage_chunk()
+    if final is not None:
+        yield sse(final)
+    yield DONE

@@ -67,17 +67,40 @@ def test_w8a16_and_smoothquant_w8a8_stay_close_to_float(tiny_dir, text_file, tmp
     assert (sq.hidden_states(ids) - ref).pow(2).mean() < 2e-2 * scale
 
 
+def test_eval_ppl_with_a_quantized_kv_cache(tiny_dir, text_file, tmp_path, capsys):
+    results = {}
+    for i, flags in enumerate(([], ["--quant-policy", "8"], ["--kv-cache-dtype", "int4"])):
+        out = tmp_path / f"ppl{i}.json"
+        main(["eval", "ppl", tiny_dir, "--dataset", text_file, "--window", "32", "--max-windows", "2",
+              "--json", str(out), *flags])
+        result = json.loads(out.read_text())
+        results[result["quant_policy"]] = result
+    assert "int4+rot" in capsys.readouterr().out
+    assert results[4]["kv_rotated"] and not results[8]["kv_rotated"]
+    assert results[4]["kv_bytes_per_token"] < results[8]["kv_bytes_per_token"] < results[0]["kv_bytes_per_token"]
+    assert results[8]["ppl"] != results[0]["ppl"]
+    assert abs(results[8]["ppl"] / results[0]["ppl"] - 1) < 0.01
+
+
 def test_lite_auto_prints_the_ladder_and_recommends(tiny_dir, text_file, tmp_path, capsys):
     main(["lite", "auto", tiny_dir, "--dataset", text_file, "--calib-dataset", text_file,
           "--calib-samples", "2", "--calib-seqlen", "32", "--window", "32", "--max-windows", "2",
-          "--rungs", "fp,w8a16-rtn,w4a16-rtn", "--tolerance", "0.5", "--work-dir", str(tmp_path / "a"),
-          "--json", str(tmp_path / "auto.json")])
+          "--rungs", "fp,w8a16-rtn,w4a16-rtn,kv-int8,kv-int4,w4a16-awq+kv-int8", "--tolerance", "0.5",
+          "--work-dir", str(tmp_path / "a"), "--json", str(tmp_path / "auto.json")])
     printed = capsys.readouterr().out
-    assert "KV rows: not available yet" in printed and "recommended:" in printed
+    assert "KV B/token" in printed and "recommended:" in printed
     result = json.loads((tmp_path / "auto.json").read_text())
-    names = [r["name"] for r in result["rungs"]]
-    assert names == ["fp", "w8a16-rtn", "w4a16-rtn"]
+    rungs = {r["name"]: r for r in result["rungs"]}
+    assert list(rungs) == ["fp", "w8a16-rtn", "w4a16-rtn", "kv-int8", "kv-int4", "w4a16-awq+kv-int8"]
     ok = [r for r in result["rungs"] if r["within_tolerance"]]
-    assert result["recommended"] == min(ok, key=lambda r: r["weight_bytes"])["name"]
-    w4 = result["rungs"][2]
-    assert w4["weight_ratio"] < result["rungs"][1]["weight_ratio"] < 1
+    best = min(ok, key=lambda r: (r["weight_bytes"], r["kv_bytes_per_token"]))
+    assert result["recommended"] == best["name"]
+    assert rungs["w4a16-rtn"]["weight_ratio"] < rungs["w8a16-rtn"]["weight_ratio"] < 1
+    # tiny model: 2 layers x 2 KV heads x head_dim 32; float16 32 x 2 B, int8 32 + 4, int4 16 + 4
+    assert [rungs[n]["kv_bytes_per_token"] for n in ("fp", "kv-int8", "kv-int4")] == \
+        [2 * 2 * 2 * 64, 2 * 2 * 2 * 36, 2 * 2 * 2 * 20]
+    # the KV rungs keep their weights: float for kv-int*, the AWQ model (built once) for the last
+    assert rungs["kv-int8"]["weight_bytes"] == rungs["fp"]["weight_bytes"]
+    assert rungs["w4a16-awq+kv-int8"]["weight_bytes"] < rungs["w8a16-rtn"]["weight_bytes"]
+    assert rungs["w4a16-awq+kv-int8"]["path"].endswith("w4a16-awq")
+    assert rungs["kv-int8"]["ppl"] != rungs["fp"]["ppl"] and rungs["kv-int8"]["kv_bits"] == 8

@@ -87,7 +87,9 @@ class TensorParallel:
 
     def step_failed(self, error: BaseException) -> TPFailedError:
         """A step raised: the ranks are out of step for good. Name the cause if a worker died."""
-        deadline = time.monotonic() + _DEATH_GRACE_S
+        # Only local workers have a watchdog to wait for; with one rank per node (--tp == --nnodes)
+        # the grace would delay every failed request by seconds and could name nothing.
+        deadline = time.monotonic() + (_DEATH_GRACE_S if self.workers.procs else 0.0)
         while self.workers.failure is None and time.monotonic() < deadline:
             time.sleep(0.05)
         if self.failure is None:

@@ -17,7 +17,7 @@ import time
 import torch
 
 from lmserve.engine.tp.channel import ControlChannel
-from lmserve.engine.tp.errors import TPSetupError
+from lmserve.engine.tp.errors import TPFailedError, TPSetupError
 from lmserve.engine.tp.rendezvous import Topology, join, leave
 
 logger = logging.getLogger(__name__)
@@ -53,8 +53,15 @@ def serve_rank(rank: int, topo: Topology, threads: int) -> None:
             raise
         del loaded
         logger.info("rank %d ready: %d KV blocks", rank, runner.num_blocks)
-        while (plan := channel.receive()) is not None:
-            runner.execute(plan)
+        try:
+            while (plan := channel.receive()) is not None:
+                runner.execute(plan)
+        except RuntimeError as e:   # gloo: "Connection closed by peer", or a collective timed out
+            first = str(e).splitlines()[0] if str(e) else ""
+            raise TPFailedError(
+                f"rank {rank} lost the tensor-parallel group ({type(e).__name__}: {first}); the engine on "
+                f"node 0 ({topo.master_addr}:{topo.master_port}) or another rank has probably stopped or "
+                f"died: restart this node's workers together with it") from e
     finally:
         leave()
 

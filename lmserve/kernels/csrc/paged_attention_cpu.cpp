@@ -27,7 +27,7 @@ using namespace lmserve::attn;
 constexpr int kMaxRows = 4;    // query rows scored together: 2 tokens x 4 rows = 8 accumulators
 // Below this many (token, KV head) pairs in the batch (~40 us on one core) a second thread
 // costs more in wake-up and barrier than it saves.
-constexpr int64_t kMinParallelWork = 4096;
+constexpr int64_t kMinParallelWork = 512;
 
 struct DecodeProblem {
   const float* q;
