@@ -22,6 +22,10 @@ from lmserve.lite.quantizer import GroupQuant, check_group_size, fake_quantize, 
 from lmserve.model.config import ModelConfig
 
 
+SCALE_FORMS = ("xw", "x")
+ROUNDINGS = ("nearest", "gptq")
+
+
 @dataclass(slots=True)
 class AwqSettings:
     w_bits: int = 4
@@ -29,10 +33,26 @@ class AwqSettings:
     n_grid: int = 20
     clip_search: bool = True
     max_shrink: float = 0.5       # clipping keeps at least this fraction of a group's range
+    scale_form: str = "xw"        # xw: s = mean|x|^a / mean|w|^(1-a); x: AutoAWQ's s = mean|x|^a
+    rounding: str = "nearest"     # nearest, or gptq (error-compensating, from the Gram matrix)
+    sequential: bool = False      # statistics from the model whose earlier layers are quantized
+    damp: float = 0.01            # GPTQ: Gram diagonal damping, a fraction of its mean
+    clip_gram: str = "block"      # clip search error: block (diagonal Gram blocks) or full
+    sink_weight: float = 1.0      # weight of each sample's first token (the attention sink) in G
 
     def __post_init__(self):
         if self.w_bits not in (4, 8):
             raise ValueError(f"--w-bits must be 4 or 8, got {self.w_bits}")
+        if self.scale_form not in SCALE_FORMS:
+            raise ValueError(f"--scale-form must be one of {', '.join(SCALE_FORMS)}, got {self.scale_form!r}")
+        if self.rounding not in ROUNDINGS:
+            raise ValueError(f"--rounding must be one of {', '.join(ROUNDINGS)}, got {self.rounding!r}")
+        if self.clip_gram not in ("block", "full"):
+            raise ValueError(f"--clip-gram must be block or full, got {self.clip_gram!r}")
+        if self.sink_weight < 1.0:
+            raise ValueError(f"--sink-weight must be at least 1, got {self.sink_weight}")
+        if not 0.0 < self.damp < 1.0:
+            raise ValueError(f"--damp must be in (0, 1), got {self.damp}")
         if self.n_grid < 1:
             raise ValueError(f"--search-grid must be at least 1, got {self.n_grid}")
         if not 0.0 < self.max_shrink <= 1.0:
@@ -69,7 +89,10 @@ def search_scale(w: torch.Tensor, x_mean: torch.Tensor, gram: torch.Tensor, st: 
     best_s, best_err = torch.ones(w.shape[1]), rtn
     for i in range(st.n_grid):
         a = i / st.n_grid
-        s = (x_mean.pow(a) / (w_mean.pow(1 - a) + 1e-4)).clamp(min=1e-4)
+        if st.scale_form == "x":
+            s = x_mean.pow(a).clamp(min=1e-4)
+        else:
+            s = (x_mean.pow(a) / (w_mean.pow(1 - a) + 1e-4)).clamp(min=1e-4)
         if gqa is not None:
             s = tie_heads(s, gqa)
         s = s / (s.max() * s.min()).sqrt()
@@ -99,6 +122,47 @@ def search_clip(w: torch.Tensor, gram: torch.Tensor, st: AwqSettings) -> torch.T
         best = torch.where(better, err, best)
         best_ratio = torch.where(better, clip, best_ratio)
     return best_ratio
+
+
+def search_clip_full(w: torch.Tensor, gram: torch.Tensor, st: AwqSettings) -> torch.Tensor:
+    """search_clip with the cross-group terms of the output error: starting from the diagonal-
+    block answer, each group in turn takes, per output row, the ratio that minimizes the whole
+    error tr(dW G dW^T) with the other groups' errors as they stand (one coordinate sweep)."""
+    out, in_features = w.shape
+    gs = st.w_group_size
+    ratio = search_clip(w, gram, st)
+    dw = fake_quantize(w, st.w_bits, gs, ratio) - w
+    steps = max(1, round(st.n_grid * (1 - st.max_shrink)))
+    for g in range(in_features // gs):
+        cols = slice(g * gs, (g + 1) * gs)
+        block = gram[cols, cols]
+        cross = dw @ gram[:, cols] - dw[:, cols] @ block          # [out, gs]: the other groups'
+        wg = w[:, cols]
+        best = torch.full((out,), float("inf"))
+        best_dw = dw[:, cols].clone()
+        for i in range(steps + 1):
+            r = torch.full((out, 1), 1.0 - i * (1 - st.max_shrink) / steps)
+            d = fake_quantize(wg, st.w_bits, gs, r) - wg
+            err = ((d @ block) * d).sum(-1) + 2 * (d * cross).sum(-1)
+            better = err < best
+            best = torch.where(better, err, best)
+            best_dw = torch.where(better[:, None], d, best_dw)
+            ratio[:, g] = torch.where(better, r[:, 0], ratio[:, g])
+        dw[:, cols] = best_dw
+    return ratio
+
+
+def input_gram(stats: dict, sink_weight: float) -> torch.Tensor:
+    """Per-token mean Gram matrix of one linear input, with each sample's first token counted
+    sink_weight times: most tokens attend to that first token, so an error in its keys/values/
+    hidden state reaches every later token, not just itself."""
+    gram = stats["gram"]
+    if sink_weight != 1.0:
+        if "first" not in stats:
+            raise ValueError("--sink-weight needs first-token statistics; these were recorded by an "
+                             "older `lite calibrate`: calibrate again")
+        gram = gram + (sink_weight - 1.0) * stats["first"]
+    return gram / max(stats["tokens"], 1)
 
 
 def scaled_gram(gram: torch.Tensor, s: torch.Tensor) -> torch.Tensor:

@@ -6,6 +6,8 @@ Per decoder layer and per input (qkv, o, gate_up, down; q/k/v share one input, a
   absmean [in]  per-channel mean |x|           (AWQ's activation-aware scale)
   gram [in,in]  sum over tokens of x x^T       (the exact output error of any weight change
                                                 dW over all calibration tokens is tr(dW G dW^T))
+  first [in,in] the same over each sample's first token only: that token is the attention sink
+                most later tokens attend to, so its errors weigh more (see AwqSettings.sink_weight)
 The float model is our own serving model with forward hooks, so GGUF files and HF directories
 calibrate alike and calibration sees exactly the activations the engine computes.
 """
@@ -28,6 +30,7 @@ class _InputRecorder:
         self.absmax = torch.zeros(in_features)
         self.abssum = torch.zeros(in_features, dtype=torch.float64)
         self.gram = torch.zeros(in_features, in_features)
+        self.first = torch.zeros(in_features, in_features)
         self.count = 0
 
     def __call__(self, module, args) -> None:
@@ -35,11 +38,12 @@ class _InputRecorder:
         self.absmax = torch.maximum(self.absmax, x.abs().amax(0))
         self.abssum += x.abs().sum(0, dtype=torch.float64)
         self.gram.addmm_(x.t(), x)
+        self.first.addmm_(x[:1].t(), x[:1])          # hooks see one sequence per call
         self.count += x.shape[0]
 
     def result(self) -> dict:
         return {"absmax": self.absmax, "absmean": (self.abssum / max(self.count, 1)).float(),
-                "gram": self.gram, "tokens": self.count}
+                "gram": self.gram, "first": self.first, "tokens": self.count}
 
 
 def collect_statistics(scorer, samples: list[list[int]], progress: bool = True) -> dict:

@@ -8,8 +8,10 @@ import logging
 
 import torch
 
-from lmserve.lite.awq import AwqSettings, scaled_gram, search_clip, search_scale
-from lmserve.lite.quantizer import GroupQuant, check_group_size, quantize_groups
+from lmserve.lite.awq import (AwqSettings, input_gram, output_error, scaled_gram, search_clip,
+                             search_clip_full, search_scale)
+from lmserve.lite.gptq import gptq_quantize
+from lmserve.lite.quantizer import GroupQuant, check_group_size, fake_quantize, quantize_groups
 from lmserve.model.config import ModelConfig
 
 logger = logging.getLogger(__name__)
@@ -24,6 +26,13 @@ SCALE_GROUPS = (
     ("down", "mlp.up_proj", ("mlp.down_proj",)),
 )
 _NO_CLIP = ("self_attn.q_proj", "self_attn.k_proj")
+
+
+def _sink_weight(key: str, st: AwqSettings) -> float:
+    """The first token's extra weight applies to the attention block's inputs (q/k/v and o):
+    through attention, its keys and values reach every later token. Weighting the MLP inputs
+    too made perplexity worse on held-out ShareGPT text (docs/quantization.md)."""
+    return st.sink_weight if key in ("qkv", "o") else 1.0
 
 
 def check_model_group_size(cfg: ModelConfig, group_size: int) -> None:
@@ -64,7 +73,7 @@ def awq_layer(weights: dict, layer: int, stats: dict, cfg: ModelConfig,
     grams, report = {}, {}
     for key, producer, consumers in SCALE_GROUPS:
         st_in = stats[key]
-        gram = st_in["gram"] / max(st_in["tokens"], 1)
+        gram = input_gram(st_in, _sink_weight(key, st))
         w = torch.cat([weights[prefix + c + ".weight"] for c in consumers])
         gqa = None
         if key == "o" and cfg.num_heads != cfg.num_kv_heads:
@@ -79,20 +88,52 @@ def awq_layer(weights: dict, layer: int, stats: dict, cfg: ModelConfig,
     out = {}
     for c in LINEARS:
         w = weights[prefix + c + ".weight"]
-        clip = search_clip(w, grams[c], st) if st.clip_search and c not in _NO_CLIP else None
-        out[prefix + c + ".weight"] = quantize_groups(w, st.w_bits, st.w_group_size, clip)
+        clip = None
+        if st.clip_search and c not in _NO_CLIP:
+            clip = (search_clip_full if st.clip_gram == "full" else search_clip)(w, grams[c], st)
+        if st.rounding == "gptq":
+            out[prefix + c + ".weight"] = gptq_quantize(w, grams[c], st.w_bits, st.w_group_size,
+                                                        st.damp, clip)
+        else:
+            out[prefix + c + ".weight"] = quantize_groups(w, st.w_bits, st.w_group_size, clip)
+    return out, report
+
+
+def gptq_layer(weights: dict, layer: int, stats: dict, cfg: ModelConfig,
+               st: AwqSettings, min_zero: int = 0) -> tuple[dict[str, GroupQuant], dict[str, float]]:
+    """GPTQ rounding of one layer's linears, no scales: the linears that read one input share its
+    Gram matrix, so they are rounded together (rows are independent in GPTQ).
+    -> (quantized linears, {input: output error GPTQ / error RTN})."""
+    prefix = f"model.layers.{layer}."
+    out, report = {}, {}
+    for key, _, consumers in SCALE_GROUPS:
+        gram = input_gram(stats[key], _sink_weight(key, st))
+        names = [prefix + c + ".weight" for c in consumers]
+        w = torch.cat([weights[n] for n in names])
+        gq = gptq_quantize(w, gram, st.w_bits, st.w_group_size, st.damp, min_zero=min_zero)
+        rtn = output_error(fake_quantize(w, st.w_bits, st.w_group_size) - w, gram)
+        report[key] = output_error(gq.dequantize() - w, gram) / rtn if rtn > 0 else 1.0
+        start = 0
+        for n in names:
+            rows = weights[n].shape[0]
+            out[n] = GroupQuant(gq.q[start:start + rows], gq.zeros[start:start + rows],
+                                gq.scales[start:start + rows], gq.bits, gq.group_size)
+            start += rows
     return out, report
 
 
 def quantize_awq(weights: dict, stats: dict, cfg: ModelConfig, st: AwqSettings,
-                 progress: bool = True) -> dict:
+                 progress: bool = True, layer_fn=awq_layer) -> dict:
+    """stats: float-model statistics of every layer (`lite calibrate`). layer_fn: awq_layer or
+    gptq_layer. (The sequential form, where each layer's statistics come from the model whose
+    earlier layers are already quantized, is lite/sequential.py.)"""
     from tqdm import tqdm
     check_model_group_size(cfg, st.w_group_size)
     result = dict(weights)
     bar = tqdm(range(cfg.num_layers), desc="awq", unit="layer", disable=not progress)
     ratios = []
     for i in bar:
-        quantized, report = awq_layer(result, i, stats["layers"][i], cfg, st)
+        quantized, report = layer_fn(result, i, stats["layers"][i], cfg, st)
         result.update(quantized)
         ratios.append(report)
         bar.set_postfix({k: f"{v:.2f}" for k, v in report.items()})

@@ -65,23 +65,40 @@ def quantize_groups(w: torch.Tensor, bits: int, group_size: int,
         raise ValueError(f"--w-bits must be 4 or 8, got {bits}")
     check_group_size(w.shape[1], group_size, f"a weight of shape {list(w.shape)}")
     g = _grouped(w, group_size)
+    s, z = group_params(g, bits, clip)
+    q = quantize_codes(g, s[..., None], z[..., None], bits)
+    return GroupQuant(q.reshape(w.shape).to(torch.uint8), z.to(torch.uint8), s.half(), bits,
+                      group_size)
+
+
+def group_params(g: torch.Tensor, bits: int, clip: torch.Tensor | None = None,
+                 min_zero: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """g: [..., group_size] one group per last-dim row -> (scale, zero point) per group, fp32
+    (the scale already rounded to float16). min_zero 1 keeps z - 1 representable (GPTQ's
+    original format stores z - 1 in 4 bits): an all-positive group then spans [-s, 14 s]."""
     max_q = (1 << bits) - 1
     if bits == 8:
         absmax = g.abs().amax(-1)
         if clip is not None:
             absmax = absmax * clip
         s = (absmax / 127.0).clamp(min=1e-8).half().float()
-        z = torch.full_like(s, 128.0)
-    else:
-        hi, lo = g.amax(-1), g.amin(-1)
-        if clip is not None:
-            hi, lo = hi * clip, lo * clip
-        hi, lo = hi.clamp(min=0), lo.clamp(max=0)        # 0 stays exactly representable
-        s = ((hi - lo) / max_q).clamp(min=1e-8).half().float()
-        z = torch.round(-lo / s).clamp(0, max_q)
-    q = (torch.round(g / s[..., None]) + z[..., None]).clamp(0, max_q)
-    return GroupQuant(q.reshape(w.shape).to(torch.uint8), z.to(torch.uint8), s.half(), bits,
-                      group_size)
+        return s, torch.full_like(s, 128.0)
+    hi, lo = g.amax(-1), g.amin(-1)
+    if clip is not None:
+        hi, lo = hi * clip, lo * clip
+    hi, lo = hi.clamp(min=0), lo.clamp(max=0)            # 0 stays exactly representable
+    s = ((hi - lo) / max_q).clamp(min=1e-8).half().float()
+    z = torch.round(-lo / s).clamp(0, max_q)
+    if min_zero:
+        low = z < min_zero
+        s = torch.where(low, (hi / (max_q - min_zero)).clamp(min=1e-8).half().float(), s)
+        z = z.clamp(min=min_zero)
+    return s, z
+
+
+def quantize_codes(x: torch.Tensor, s: torch.Tensor, z: torch.Tensor, bits: int) -> torch.Tensor:
+    """Float codes in [0, 2^bits - 1] of x for scale s and zero point z (broadcast)."""
+    return (torch.round(x / s) + z).clamp(0, (1 << bits) - 1)
 
 
 def fake_quantize(w: torch.Tensor, bits: int, group_size: int,

@@ -29,13 +29,15 @@ class CalibSettings:
     stats_path: str | None = None      # reuse the statistics of an earlier `lite calibrate`
 
 
-def quant_config(bits: int, group_size: int, embedding_bits: int | None) -> dict:
-    if bits == 4:
+def quant_config(bits: int, group_size: int, embedding_bits: int | None,
+                 file_format: str = "awq") -> dict:
+    """file_format: awq (4-bit AutoAWQ GEMM; 8-bit always goes to the GPTQ format) or gptq."""
+    if bits == 4 and file_format == "awq":
         cfg = {"quant_method": "awq", "version": "gemm", "bits": 4, "group_size": group_size,
                "zero_point": True}
     else:
-        cfg = {"quant_method": "gptq", "bits": 8, "group_size": group_size, "desc_act": False,
-               "sym": True, "checkpoint_format": "gptq"}
+        cfg = {"quant_method": "gptq", "bits": bits, "group_size": group_size, "desc_act": False,
+               "sym": bits == 8, "checkpoint_format": "gptq"}
     if embedding_bits in (4, 8):
         cfg["lmserve_embedding"] = {"bits": embedding_bits, "group_size": group_size}
     elif embedding_bits not in (None, 16):
@@ -65,19 +67,58 @@ def _statistics(model_path, calib: CalibSettings, progress: bool):
 
 def auto_awq(model_path, work_dir: str, settings: AwqSettings, calib: CalibSettings,
              embedding_bits: int | None = None, progress: bool = True) -> dict:
+    from lmserve.lite.quantize_model import awq_layer
+    return _quantize(model_path, work_dir, settings, calib, embedding_bits, progress, awq_layer, "awq")
+
+
+def auto_gptq(model_path, work_dir: str, settings: AwqSettings, calib: CalibSettings,
+              embedding_bits: int | None = None, progress: bool = True) -> dict:
+    """GPTQ rounding without AWQ scales (settings: w_bits, w_group_size, damp, sequential),
+    written in the AutoGPTQ format (4-bit asymmetric with z >= 1, as its z - 1 storage needs)."""
+    from functools import partial
+    from lmserve.lite.quantize_model import gptq_layer
+    layer_fn = partial(gptq_layer, min_zero=1 if settings.w_bits == 4 else 0)
+    return _quantize(model_path, work_dir, settings, calib, embedding_bits, progress, layer_fn, "gptq")
+
+
+def _quantize(model_path, work_dir, settings: AwqSettings, calib: CalibSettings, embedding_bits,
+              progress: bool, layer_fn, file_format: str) -> dict:
     from lmserve.lite.quantize_model import check_model_group_size, float_weights, quantize_awq
     from lmserve.model.loader import load_model
     start = time.perf_counter()
     check_model_group_size(load_model(model_path).config, settings.w_group_size)
-    loaded, stats = _statistics(model_path, calib, progress)
-    calibrated = time.perf_counter()
-    tensors = quantize_awq(float_weights(loaded), stats, loaded.config, settings, progress)
-    qcfg = quant_config(settings.w_bits, settings.w_group_size,
-                        settings.w_bits if embedding_bits is None else embedding_bits)
-    write_model(work_dir, loaded, tensors, qcfg, pack_awq if settings.w_bits == 4 else pack_gptq)
+    embedding_bits = settings.w_bits if embedding_bits is None else embedding_bits
+    if settings.sequential:
+        loaded, tensors, tokens = _sequential(model_path, settings, calib, progress, layer_fn,
+                                              embedding_bits)
+        calibrated = start        # calibration and quantization interleave
+    else:
+        loaded, stats = _statistics(model_path, calib, progress)
+        calibrated, tokens = time.perf_counter(), stats["tokens"]
+        tensors = quantize_awq(float_weights(loaded), stats, loaded.config, settings, progress,
+                               layer_fn)
+    qcfg = quant_config(settings.w_bits, settings.w_group_size, embedding_bits, file_format)
+    pack = pack_awq if qcfg["quant_method"] == "awq" else pack_gptq
+    write_model(work_dir, loaded, tensors, qcfg, pack)
     end = time.perf_counter()
     return {"calibration_s": calibrated - start, "quantization_s": end - calibrated,
-            "total_s": end - start, "tokens": stats["tokens"], "work_dir": work_dir}
+            "total_s": end - start, "tokens": tokens, "work_dir": work_dir}
+
+
+def _sequential(model_path, settings: AwqSettings, calib: CalibSettings, progress: bool, layer_fn,
+                embedding_bits: int):
+    from lmserve.lite.calib_data import calibration_samples
+    from lmserve.lite.calibrate import load_float_model
+    from lmserve.lite.quantize_model import float_weights
+    from lmserve.lite.sequential import quantize_sequential
+    if calib.stats_path:
+        raise ValueError("--sequential records its statistics layer by layer from the partly "
+                         "quantized model; it cannot reuse --calib-stats")
+    scorer = load_float_model(model_path, calib.seqlen)
+    samples = calibration_samples(scorer.tokenizer, calib.dataset, calib.samples, calib.seqlen)
+    tensors = quantize_sequential(scorer, samples, float_weights(scorer.loaded), settings,
+                                  layer_fn, progress, embedding_bits)
+    return scorer.loaded, tensors, sum(len(s) for s in samples)
 
 
 def rtn(model_path, work_dir: str, bits: int, group_size: int,

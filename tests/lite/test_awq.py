@@ -74,3 +74,18 @@ def test_awq_layer_on_a_tiny_model_with_outlier_channels_beats_rtn(tiny_dir, tex
     rtn = hidden_error(quantize_rtn(weights, cfg, 4, 32))
     awq = hidden_error(quantize_awq(dict(weights), stats, cfg, AwqSettings(4, 32, n_grid=10), progress=False))
     assert awq < 0.8 * rtn, (awq, rtn)
+
+
+def test_full_gram_clip_search_lowers_the_whole_output_error():
+    """Cross-group terms count when inputs are correlated: the full-Gram sweep starts from the
+    block answer and can only lower the whole error."""
+    from lmserve.lite.awq import search_clip, search_clip_full
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(1024, 128, generator=g) @ (torch.randn(128, 128, generator=g) / 8 + torch.eye(128))
+    w = torch.randn(64, 128, generator=g) * 0.05
+    w[:, ::16] *= 6.0                                  # a few large weights make clipping matter
+    gram = x.t() @ x
+    st = AwqSettings(4, 32)
+    block = output_error(fake_quantize(w, 4, 32, search_clip(w, gram, st)) - w, gram)
+    full = output_error(fake_quantize(w, 4, 32, search_clip_full(w, gram, st)) - w, gram)
+    assert full < 0.97 * block, (full, block)
