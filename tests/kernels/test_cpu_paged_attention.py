@@ -169,3 +169,17 @@ def test_attention_layer_decode_rows_alone_or_mixed_with_a_prefill():
                              [PrefillChunk(2, 2, 2, torch.tensor([free]))])
     got = layer(*mixed, (k_cache.clone(), v_cache.clone()), meta)
     torch.testing.assert_close(got[rows], want, rtol=1e-5, atol=2e-6)
+
+
+# Fewer (sequence, KV head) pairs than two per thread: each context is cut into pieces that the
+# threads attend separately and that are merged afterwards. Ragged lengths leave some pieces empty.
+@pytest.mark.parametrize("threads", [2, 3])
+@pytest.mark.parametrize("heads,kv_heads,lens", [(9, 3, [1000]), (8, 1, [700, 65]), (4, 1, [130]),
+                                                 (8, 1, [3000, 0])])
+def test_small_batches_split_the_context_and_match_the_reference(ext, threads, heads, kv_heads, lens):
+    saved = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        check(*make_problem(len(lens), heads, kv_heads, 64, 16, lens, seed=len(lens) + heads))
+    finally:
+        torch.set_num_threads(saved)

@@ -175,8 +175,12 @@ struct Scratch {
   Scratch(int64_t G, int64_t D, int64_t sp) : qs(G * D), scores(G * sp), acc(G * D), m(G), l(G) {}
 };
 
+// Attends (sequence b, KV head h) over the blocks [blk_begin, blk_end) of its context. Without
+// `part` the result is normalized into out; with it (a split context) the unnormalized state goes
+// there as [m (G), l (G), acc (G x D)], for combine_splits.
 template <typename T>
-void attend(const DecodeProblem& p, int64_t b, int64_t h, Scratch& w) {
+void attend(const DecodeProblem& p, int64_t b, int64_t h, Scratch& w, int64_t blk_begin,
+            int64_t blk_end, float* part) {
   const int64_t G = p.group, D = p.head_dim, bs = p.block_size, sp = (bs + 7) / 8 * 8;
   const float* q = p.q + b * p.q_seq_stride + h * G * p.q_head_stride;
   for (int64_t g = 0; g < G; ++g)
@@ -188,7 +192,7 @@ void attend(const DecodeProblem& p, int64_t b, int64_t h, Scratch& w) {
   const int64_t* table = p.tables + b * p.table_stride;
   const T* k = static_cast<const T*>(p.k) + h * p.head_stride;
   const T* v = static_cast<const T*>(p.v) + h * p.head_stride;
-  for (int64_t start = 0, i = 0; start < ctx; start += bs, ++i) {
+  for (int64_t i = blk_begin, start = blk_begin * bs; i < blk_end && start < ctx; start += bs, ++i) {
     const int64_t n = std::min(bs, ctx - start);
     const T* kb = k + table[i] * p.block_stride;
     const T* vb = v + table[i] * p.block_stride;
@@ -201,6 +205,12 @@ void attend(const DecodeProblem& p, int64_t b, int64_t h, Scratch& w) {
       values_rows<T>(std::min<int64_t>(kMaxRows, G - g0), w.scores.data() + g0 * sp, sp, vb,
                      p.token_stride, n, D, w.acc.data() + g0 * D);
   }
+  if (part != nullptr) {
+    std::copy(w.m.begin(), w.m.end(), part);
+    std::copy(w.l.begin(), w.l.end(), part + G);
+    std::copy(w.acc.begin(), w.acc.end(), part + 2 * G);
+    return;
+  }
   float* out = p.out + b * p.out_seq_stride + h * G * p.out_head_stride;
   for (int64_t g = 0; g < G; ++g) {
     // A sequence with no context has nothing to attend to: zeros rather than 0/0.
@@ -209,20 +219,70 @@ void attend(const DecodeProblem& p, int64_t b, int64_t h, Scratch& w) {
   }
 }
 
-// Tasks are (sequence, KV head) pairs handed out one at a time from a shared counter: contexts
-// differ a lot in a batch, and a static split would leave one thread waiting on the other.
+// Merges the `splits` partial states of each (sequence, KV head) into the normalized output:
+// rescale each part to the largest running max, then sum.
+void combine_splits(const DecodeProblem& p, int64_t tasks, int64_t splits, const float* parts) {
+  const int64_t G = p.group, D = p.head_dim, stride = G * (2 + D);
+  for (int64_t t = 0; t < tasks; ++t) {
+    const float* base = parts + t * splits * stride;
+    float* out = p.out + (t / p.kv_heads) * p.out_seq_stride + (t % p.kv_heads) * G * p.out_head_stride;
+    for (int64_t g = 0; g < G; ++g) {
+      float m = -std::numeric_limits<float>::infinity();
+      for (int64_t s = 0; s < splits; ++s) m = std::max(m, base[s * stride + g]);
+      float l = 0.0f;
+      for (int64_t d = 0; d < D; ++d) out[g * p.out_head_stride + d] = 0.0f;
+      for (int64_t s = 0; s < splits; ++s) {
+        const float* part = base + s * stride;
+        if (part[G + g] == 0.0f) continue;          // an empty piece (past the context)
+        const float f = std::exp(part[g] - m);
+        l += part[G + g] * f;
+        const float* acc = part + 2 * G + g * D;
+        for (int64_t d = 0; d < D; ++d) out[g * p.out_head_stride + d] += acc[d] * f;
+      }
+      // A sequence with no context has nothing to attend to: zeros rather than 0/0.
+      const float inv = l > 0.0f ? 1.0f / l : 0.0f;
+      for (int64_t d = 0; d < D; ++d) out[g * p.out_head_stride + d] *= inv;
+    }
+  }
+}
+
+// Work items are (sequence, KV head) pairs, handed out one at a time from a shared counter:
+// contexts differ a lot in a batch, and a static split would leave one thread waiting on the
+// other. When there are fewer pairs than two per thread (batch 1: 3 pairs for 2 threads), each
+// pair's context is also cut into pieces, so every thread streams K/V until the end (decode
+// attention is memory-bound) and the pieces are merged afterwards.
 template <typename T>
 void run_all(const DecodeProblem& p, int64_t batch, int64_t total_context) {
   const int64_t tasks = batch * p.kv_heads;
   const int64_t sp = (p.block_size + 7) / 8 * 8;
+  const int64_t threads = total_context * p.kv_heads < kMinParallelWork ? 1 : at::get_num_threads();
+  int64_t splits = 1;
+  if (threads > 1 && tasks < 2 * threads) {
+    int64_t max_blocks = 0;
+    for (int64_t b = 0; b < batch; ++b)
+      max_blocks = std::max(max_blocks, (p.context_lens[b] + p.block_size - 1) / p.block_size);
+    splits = std::max<int64_t>(1, std::min((2 * threads + tasks - 1) / tasks, max_blocks));
+  }
+  const int64_t items = tasks * splits;
+  const int64_t workers = std::min(threads, items);
+  std::vector<float> parts(splits > 1 ? items * p.group * (2 + p.head_dim) : 0);
   std::atomic<int64_t> next{0};
-  const int64_t workers = total_context * p.kv_heads < kMinParallelWork
-                              ? 1 : std::min<int64_t>(at::get_num_threads(), tasks);
   at::parallel_for(0, workers, 1, [&](int64_t begin, int64_t end) {
     Scratch w(p.group, p.head_dim, sp);
     for (int64_t i = begin; i < end; ++i)
-      for (int64_t t = next++; t < tasks; t = next++) attend<T>(p, t / p.kv_heads, t % p.kv_heads, w);
+      for (int64_t it = next++; it < items; it = next++) {
+        const int64_t t = it / splits, s = it % splits, b = t / p.kv_heads, h = t % p.kv_heads;
+        if (splits == 1) {
+          attend<T>(p, b, h, w, 0, std::numeric_limits<int64_t>::max(), nullptr);
+          continue;
+        }
+        const int64_t nblocks = (p.context_lens[b] + p.block_size - 1) / p.block_size;
+        const int64_t per = (nblocks + splits - 1) / splits;
+        attend<T>(p, b, h, w, s * per, std::min(nblocks, (s + 1) * per),
+                  parts.data() + it * p.group * (2 + p.head_dim));
+      }
   });
+  if (splits > 1) combine_splits(p, tasks, splits, parts.data());
 }
 
 void check(bool ok, const char* what) { TORCH_CHECK_VALUE(ok, "paged_decode_attention: ", what); }
