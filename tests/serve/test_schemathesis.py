@@ -36,7 +36,7 @@ def _bound(path: str, body):
             body[name] = most
     for name in _BUDGET_FIELDS:
         small(name, 4, keep_above=SESSION_LEN)
-    if not any(name in body for name in _BUDGET_FIELDS):   # the default budget is the whole session
+    if all(body.get(name) is None for name in _BUDGET_FIELDS):   # absent or null: the whole session
         body["request_output_len" if path.endswith("interactive") else "max_tokens"] = 4
     small("min_new_tokens", 4)
     small("min_tokens", 4)
