@@ -34,6 +34,9 @@ def add_engine_args(parser: argparse.ArgumentParser) -> None:
     add_flag(g, "load_format", default="auto", choices=["auto", "hf", "gguf", "dummy"])
     add_flag(g, "dequantize_gguf", action="store_true",
              help="run a GGUF's low-bit weights as floats (default on CPU: kept low-bit, faster)")
+    add_flag(g, "cpu_gemm_dtype", default="float32", choices=["float32", "bfloat16"],
+             help="CPU: low-bit matmuls above decode size (prefill, big batches) in bfloat16, "
+                  "fast with AMX-BF16, not bit-exact")
     add_flag(g, "eager_mode", action="store_true", help="CUDA: run decode steps without CUDA graphs")
     add_flag(g, "log_level", default="WARNING", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     add_tp_args(parser)
@@ -100,6 +103,7 @@ def engine_config_from_args(args) -> EngineConfig:
                             enable_prefix_caching=args.enable_prefix_caching, quant_policy=quant_policy,
                             kv_rotation=args.kv_rotation, load_format=args.load_format,
                             dequantize_gguf=args.dequantize_gguf, eager_mode=args.eager_mode,
+                            cpu_gemm_dtype=args.cpu_gemm_dtype,
                             **tp_config_kwargs(args))
     except ValueError as e:
         raise SystemExit(f"error: {e}")

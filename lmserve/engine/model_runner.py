@@ -20,6 +20,7 @@ from lmserve.engine.step_plan import StepPlan
 from lmserve.kernels.kv_quant import QuantKVCache, bytes_per_token_head
 from lmserve.model.config import ModelConfig
 from lmserve.model.llama import LlamaForCausalLM
+from lmserve.nn.linear import LinearBase
 from lmserve.nn.parallel import ParallelContext
 from lmserve.nn.sampler import SampleResult, SampleRow, sample
 
@@ -88,6 +89,12 @@ class ModelRunner:
             self.model = LlamaForCausalLM(model_cfg, self.dtype, session_len, parallel)
         self.model.load_weights(weights)
         _move_loaded_weights(self.model, self.device)
+        if cfg.cpu_gemm_dtype == "bfloat16" and self.device.type == "cpu":
+            # the layers' linears only: the LM head stays fp32 so logits (and greedy ties) keep
+            # fp32 precision; bf16 there bought ~1% more throughput
+            for module in self.model.modules():
+                if isinstance(module, LinearBase):
+                    module.bf16_gemm = True
         self.model.eval()
         kv_heads, d = self.model.num_local_kv_heads, model_cfg.head_dim
         per_head = (bytes_per_token_head(d, self.kv_bits) if self.kv_bits

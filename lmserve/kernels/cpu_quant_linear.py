@@ -33,11 +33,13 @@ def quant_linear_ref(x: torch.Tensor, w: QuantWeight, bias: torch.Tensor | None 
                                       None if bias is None else bias.float())
 
 
-def quant_linear(x: torch.Tensor, w: QuantWeight, bias: torch.Tensor | None = None
-                 ) -> torch.Tensor:
+def quant_linear(x: torch.Tensor, w: QuantWeight, bias: torch.Tensor | None = None,
+                 bf16_gemm: bool = False) -> torch.Tensor:
     """fp32 [..., in] -> fp32 [..., out] with the weight in low-bit form.
 
     Other float dtypes of x are computed in fp32. Inference only: no autograd graph is built.
+    bf16_gemm: above GEMV_MAX_M rows, multiply in bfloat16 (fast on CPUs with AMX-BF16; x, the
+    dequantized tile and the result are rounded to bf16). Decode-sized calls are unaffected.
     """
     ext = _EXT.get()
     if ext is None:
@@ -47,13 +49,13 @@ def quant_linear(x: torch.Tensor, w: QuantWeight, bias: torch.Tensor | None = No
     if x.dim() != 2:
         _check_x(x, w)
         y = ext.quant_linear(x.reshape(-1, x.shape[-1]).float(), w.qweight, w.scales, w.mins,
-                             bias, w.bits, w.group_size, GEMV_MAX_M)
+                             bias, w.bits, w.group_size, GEMV_MAX_M, bf16_gemm)
         return y.reshape(*x.shape[:-1], y.shape[-1])
     if x.dtype != torch.float32 or x.shape[1] != w.in_features:
         _check_x(x, w)
         x = x.float()
     return ext.quant_linear(x, w.qweight, w.scales, w.mins, bias, w.bits, w.group_size,
-                            GEMV_MAX_M)
+                            GEMV_MAX_M, bf16_gemm)
 
 
 def _check_x(x: torch.Tensor, w: QuantWeight) -> None:

@@ -178,3 +178,21 @@ def test_compile_failure_never_reaches_the_caller(monkeypatch, caplog):
 def _fresh(ext: cpu_extension.CPUExtension, unsupported=None) -> cpu_extension.CPUExtension:
     """A not-yet-built copy of ext, so a test can build (or fail to) from scratch."""
     return cpu_extension.CPUExtension(ext.name, ext.sources, unsupported, ext.reference)
+
+
+@pytest.mark.parametrize("fmt", ["Q4_1", "Q8_0", "AWQ_g64"])
+def test_bf16_gemm_is_close_above_decode_size_and_exact_below(fmt):
+    if cql.load_extension() is None:
+        pytest.skip("the bf16 path is the extension's; the reference is fp32 only")
+    w = make_weight(fmt, 100, 576)
+    gen = torch.Generator().manual_seed(3)
+    bias = torch.randn(w.out_features, generator=gen)
+    small = torch.randn(cql.GEMV_MAX_M, 576, generator=gen)
+    # decode-sized calls take the fp32 GEMV whatever the flag says
+    assert torch.equal(quant_linear(small, w, bias, bf16_gemm=True), quant_linear(small, w, bias))
+    big = torch.randn(300, 576, generator=gen)
+    got = quant_linear(big, w, bias, bf16_gemm=True)
+    exact = quant_linear(big, w, bias)
+    assert not torch.equal(got, exact)           # it did take the bf16 path
+    # bf16 keeps 8 significant bits: inputs, tile and output each rounded once
+    assert_matches(got, big, w, bias, tol=2e-2)
