@@ -50,9 +50,10 @@ def main() -> None:
                         "descheduled second thread on a busy machine)")
     p.add_argument("--dequantize-gguf", action="store_true",
                    help="run the GGUF's low-bit weights as fp32 (default: low-bit, as the CPU engine serves them)")
+    p.add_argument("--cpu-gemm-dtype", default="float32", choices=["float32", "bfloat16"])
     a = p.parse_args()
     loaded = load_model(None, keep_gguf_quantized=not a.dequantize_gguf)
-    engine = Engine(loaded, EngineConfig(device="cpu"))
+    engine = Engine(loaded, EngineConfig(device="cpu", cpu_gemm_dtype=a.cpu_gemm_dtype))
     template = ChatTemplate(loaded.tokenizer, None, loaded.chat_template)
     gen = GenerationConfig(max_new_tokens=10_000, ignore_eos=True)
     for i, text in enumerate(sharegpt_prompts(a.num_prompts)):
