@@ -103,6 +103,23 @@ def test_cpu_kernel_matches_reference(bits, rotate, heads, kv_heads, head_dim, b
     torch.testing.assert_close(got, want, rtol=1e-4, atol=2e-5)
 
 
+@pytest.mark.parametrize("bits,rotate", [(8, False), (4, True)])
+@pytest.mark.parametrize("lens", [[1000], [700, 0]])
+def test_cpu_kernel_splits_small_batches_and_matches_reference(bits, rotate, lens):
+    """Fewer (sequence, KV head) pairs than two per thread: contexts are cut into merged pieces."""
+    if cpq.load_extension() is None:
+        pytest.skip("CPU quantized paged-attention extension unavailable here")
+    saved = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        q, cache, tables, lens, _ = make_problem(len(lens), 8, 1, 64, 16, lens, bits, rotate, seed=bits)
+        got = cpq.paged_decode_attention_quant(q, cache, tables, lens, 0.125)
+        want = paged_decode_attention_quant_ref(q, cache, tables, lens, 0.125)
+    finally:
+        torch.set_num_threads(saved)
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=2e-5)
+
+
 def test_kernel_refuses_a_block_outside_the_cache():
     if cpq.load_extension() is None:
         pytest.skip("CPU quantized paged-attention extension unavailable here")

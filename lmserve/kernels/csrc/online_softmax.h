@@ -1,6 +1,5 @@
-// The online-softmax step of the CPU decode-attention kernels: fold one block's scores into a
-// running max and sum. (paged_attention_cpu.cpp keeps its own identical copy, so that adding the
-// quantized kernel did not change that file's build.)
+// The online-softmax step of the CPU decode-attention kernels (float and quantized cache): fold
+// one block's scores into a running max and sum.
 #pragma once
 
 #include <immintrin.h>

@@ -13,21 +13,19 @@
 #include <torch/csrc/utils/pybind.h>
 
 #include <algorithm>
-#include <atomic>
 #include <cmath>
 #include <limits>
 #include <optional>
 #include <vector>
 
 #include "attention_vec.h"
+#include "decode_tasks.h"
+#include "online_softmax.h"
 
 namespace {
 
 using namespace lmserve::attn;
 constexpr int kMaxRows = 4;    // query rows scored together: 2 tokens x 4 rows = 8 accumulators
-// Below this many (token, KV head) pairs in the batch (~40 us on one core) a second thread
-// costs more in wake-up and barrier than it saves.
-constexpr int64_t kMinParallelWork = 512;
 
 struct DecodeProblem {
   const float* q;
@@ -143,41 +141,14 @@ void values_rows(int rows, const float* p, int64_t sp, const T* vb, int64_t ts, 
   }
 }
 
-// Turns row s (n scores, room for a multiple of 8) into exp(s - new max) in place and folds it
-// into the running max m and sum l, rescaling the accumulated output row when the max grew.
-void online_softmax_update(float* s, int64_t n, float& m, float& l, float* acc, int64_t D) {
-  const int64_t padded = (n + 7) / 8 * 8;
-  for (int64_t i = n; i < padded; ++i) s[i] = -std::numeric_limits<float>::infinity();
-  __m256 vmax = _mm256_loadu_ps(s);
-  for (int64_t i = 8; i < padded; i += 8) vmax = _mm256_max_ps(vmax, _mm256_loadu_ps(s + i));
-  const float m_new = std::max(m, hmax(vmax));
-  if (m_new != m) {
-    const float alpha = std::isinf(m) ? 0.0f : std::exp(m - m_new);
-    l *= alpha;
-    const __m256 va = _mm256_set1_ps(alpha);
-    for (int64_t d = 0; d < D; d += 8)
-      _mm256_storeu_ps(acc + d, _mm256_mul_ps(va, _mm256_loadu_ps(acc + d)));
-    m = m_new;
-  }
-  const __m256 vm = _mm256_set1_ps(m_new);
-  __m256 vsum = _mm256_setzero_ps();
-  for (int64_t i = 0; i < padded; i += 8) {
-    const __m256 e = exp_nonpositive(_mm256_sub_ps(_mm256_loadu_ps(s + i), vm));
-    _mm256_storeu_ps(s + i, e);
-    vsum = _mm256_add_ps(vsum, e);
-  }
-  l += hsum(vsum);
-}
-
 // One thread's buffers, reused across its tasks.
 struct Scratch {
   std::vector<float> qs, scores, acc, m, l;
   Scratch(int64_t G, int64_t D, int64_t sp) : qs(G * D), scores(G * sp), acc(G * D), m(G), l(G) {}
 };
 
-// Attends (sequence b, KV head h) over the blocks [blk_begin, blk_end) of its context. Without
-// `part` the result is normalized into out; with it (a split context) the unnormalized state goes
-// there as [m (G), l (G), acc (G x D)], for combine_splits.
+// Attends (sequence b, KV head h) over the blocks [blk_begin, blk_end) of its context; `part`:
+// see finish_task.
 template <typename T>
 void attend(const DecodeProblem& p, int64_t b, int64_t h, Scratch& w, int64_t blk_begin,
             int64_t blk_end, float* part) {
@@ -205,106 +176,19 @@ void attend(const DecodeProblem& p, int64_t b, int64_t h, Scratch& w, int64_t bl
       values_rows<T>(std::min<int64_t>(kMaxRows, G - g0), w.scores.data() + g0 * sp, sp, vb,
                      p.token_stride, n, D, w.acc.data() + g0 * D);
   }
-  if (part != nullptr) {
-    std::copy(w.m.begin(), w.m.end(), part);
-    std::copy(w.l.begin(), w.l.end(), part + G);
-    std::copy(w.acc.begin(), w.acc.end(), part + 2 * G);
-    return;
-  }
-  float* out = p.out + b * p.out_seq_stride + h * G * p.out_head_stride;
-  for (int64_t g = 0; g < G; ++g) {
-    // A sequence with no context has nothing to attend to: zeros rather than 0/0.
-    const float inv = w.l[g] > 0.0f ? 1.0f / w.l[g] : 0.0f;
-    for (int64_t d = 0; d < D; ++d) out[g * p.out_head_stride + d] = w.acc[g * D + d] * inv;
-  }
+  finish_task(p, b, h, w.m.data(), w.l.data(), w.acc.data(), part);
 }
 
-// Merges the `splits` partial states of each (sequence, KV head) into the normalized output:
-// rescale each part to the largest running max, then sum.
-void combine_splits(const DecodeProblem& p, int64_t tasks, int64_t splits, const float* parts) {
-  const int64_t G = p.group, D = p.head_dim, stride = G * (2 + D);
-  for (int64_t t = 0; t < tasks; ++t) {
-    const float* base = parts + t * splits * stride;
-    float* out = p.out + (t / p.kv_heads) * p.out_seq_stride + (t % p.kv_heads) * G * p.out_head_stride;
-    for (int64_t g = 0; g < G; ++g) {
-      float m = -std::numeric_limits<float>::infinity();
-      for (int64_t s = 0; s < splits; ++s) m = std::max(m, base[s * stride + g]);
-      float l = 0.0f;
-      for (int64_t d = 0; d < D; ++d) out[g * p.out_head_stride + d] = 0.0f;
-      for (int64_t s = 0; s < splits; ++s) {
-        const float* part = base + s * stride;
-        if (part[G + g] == 0.0f) continue;          // an empty piece (past the context)
-        const float f = std::exp(part[g] - m);
-        l += part[G + g] * f;
-        const float* acc = part + 2 * G + g * D;
-        for (int64_t d = 0; d < D; ++d) out[g * p.out_head_stride + d] += acc[d] * f;
-      }
-      // A sequence with no context has nothing to attend to: zeros rather than 0/0.
-      const float inv = l > 0.0f ? 1.0f / l : 0.0f;
-      for (int64_t d = 0; d < D; ++d) out[g * p.out_head_stride + d] *= inv;
-    }
-  }
-}
-
-// Work items are (sequence, KV head) pairs, handed out one at a time from a shared counter:
-// contexts differ a lot in a batch, and a static split would leave one thread waiting on the
-// other. When there are fewer pairs than two per thread (batch 1: 3 pairs for 2 threads), each
-// pair's context is also cut into pieces, so every thread streams K/V until the end (decode
-// attention is memory-bound) and the pieces are merged afterwards.
 template <typename T>
 void run_all(const DecodeProblem& p, int64_t batch, int64_t total_context) {
-  const int64_t tasks = batch * p.kv_heads;
   const int64_t sp = (p.block_size + 7) / 8 * 8;
-  const int64_t threads = total_context * p.kv_heads < kMinParallelWork ? 1 : at::get_num_threads();
-  int64_t splits = 1;
-  if (threads > 1 && tasks < 2 * threads) {
-    int64_t max_blocks = 0;
-    for (int64_t b = 0; b < batch; ++b)
-      max_blocks = std::max(max_blocks, (p.context_lens[b] + p.block_size - 1) / p.block_size);
-    splits = std::max<int64_t>(1, std::min((2 * threads + tasks - 1) / tasks, max_blocks));
-  }
-  const int64_t items = tasks * splits;
-  const int64_t workers = std::min(threads, items);
-  std::vector<float> parts(splits > 1 ? items * p.group * (2 + p.head_dim) : 0);
-  std::atomic<int64_t> next{0};
-  at::parallel_for(0, workers, 1, [&](int64_t begin, int64_t end) {
-    Scratch w(p.group, p.head_dim, sp);
-    for (int64_t i = begin; i < end; ++i)
-      for (int64_t it = next++; it < items; it = next++) {
-        const int64_t t = it / splits, s = it % splits, b = t / p.kv_heads, h = t % p.kv_heads;
-        if (splits == 1) {
-          attend<T>(p, b, h, w, 0, std::numeric_limits<int64_t>::max(), nullptr);
-          continue;
-        }
-        const int64_t nblocks = (p.context_lens[b] + p.block_size - 1) / p.block_size;
-        const int64_t per = (nblocks + splits - 1) / splits;
-        attend<T>(p, b, h, w, s * per, std::min(nblocks, (s + 1) * per),
-                  parts.data() + it * p.group * (2 + p.head_dim));
-      }
-  });
-  if (splits > 1) combine_splits(p, tasks, splits, parts.data());
+  run_decode_tasks(p, batch, total_context, [&] { return Scratch(p.group, p.head_dim, sp); },
+                   [&](Scratch& w, int64_t b, int64_t h, int64_t first, int64_t last, float* part) {
+                     attend<T>(p, b, h, w, first, last, part);
+                   });
 }
 
 void check(bool ok, const char* what) { TORCH_CHECK_VALUE(ok, "paged_decode_attention: ", what); }
-
-// Every block a sequence reads must exist: a bad table would otherwise read out of bounds.
-// Returns the sum of the context lengths.
-int64_t check_tables(const DecodeProblem& p, int64_t batch, int64_t width, int64_t num_blocks) {
-  int64_t total = 0;
-  for (int64_t b = 0; b < batch; ++b) {
-    const int64_t ctx = p.context_lens[b];
-    TORCH_CHECK_VALUE(ctx >= 0 && ctx <= width * p.block_size, "paged_decode_attention: context ",
-                      "length ", ctx, " of sequence ", b, " does not fit its block table of ", width,
-                      " blocks of ", p.block_size, " tokens");
-    for (int64_t i = 0; i * p.block_size < ctx; ++i) {
-      const int64_t blk = p.tables[b * p.table_stride + i];
-      TORCH_CHECK_VALUE(blk >= 0 && blk < num_blocks, "paged_decode_attention: block id ", blk,
-                        " of sequence ", b, " is outside the cache's ", num_blocks, " blocks");
-    }
-    total += ctx;
-  }
-  return total;
-}
 
 // q [B, H, D] fp32; caches [num_blocks, block_size, KV, D] fp32/fp16/bf16; block_tables
 // [B, width] int64; context_lens [B] int64 -> out [B, H, D] fp32 (written into `out` if given).
@@ -342,7 +226,7 @@ at::Tensor paged_decode_attention(const at::Tensor& q, const at::Tensor& k_cache
                   context_lens.data_ptr<int64_t>(),
                   out.data_ptr<float>(), out.stride(0), out.stride(1),
                   KV, H / KV, D, k_cache.size(1), static_cast<float>(scale)};
-  const int64_t total = check_tables(p, B, block_tables.size(1), k_cache.size(0));
+  const int64_t total = check_tables(p, B, block_tables.size(1), k_cache.size(0), "paged_decode_attention");
   if (dtype == at::kFloat) run_all<float>(p, B, total);
   else if (dtype == at::kHalf) run_all<c10::Half>(p, B, total);
   else run_all<c10::BFloat16>(p, B, total);

@@ -13,22 +13,19 @@
 #include <torch/csrc/utils/pybind.h>
 
 #include <algorithm>
-#include <atomic>
 #include <cmath>
 #include <cstdint>
 #include <limits>
 #include <vector>
 
 #include "attention_vec.h"
+#include "decode_tasks.h"
 #include "online_softmax.h"
 
 namespace {
 
 using namespace lmserve::attn;
 constexpr int kMaxRows = 4;                 // query rows of one KV head scored together
-// (token, KV head) pairs below which one thread runs: the float kernel's threshold, measured
-// there (paged_attention_cpu.cpp), not re-measured for this one
-constexpr int64_t kMinParallelWork = 512;
 
 struct QuantProblem {
   const float* q;
@@ -182,8 +179,11 @@ struct Scratch {
       : qs(G * D), qsum(G), scores(G * sp), weights(G * sp), acc(G * D), m(G), l(G) {}
 };
 
+// Attends (sequence b, KV head h) over the blocks [blk_begin, blk_end) of its context; `part`:
+// see finish_task.
 template <int BITS>
-void attend(const QuantProblem& p, int64_t b, int64_t h, Scratch& w) {
+void attend(const QuantProblem& p, int64_t b, int64_t h, Scratch& w, int64_t blk_begin,
+            int64_t blk_end, float* part) {
   const int64_t G = p.group, D = p.head_dim, bs = p.block_size, sp = (bs + 7) / 8 * 8;
   const float* q = p.q + b * p.q_seq_stride + h * G * p.q_head_stride;
   for (int64_t g = 0; g < G; ++g) {
@@ -199,7 +199,7 @@ void attend(const QuantProblem& p, int64_t b, int64_t h, Scratch& w) {
   std::fill(w.l.begin(), w.l.end(), 0.0f);
   const int64_t ctx = p.context_lens[b];
   const int64_t* table = p.tables + b * p.table_stride;
-  for (int64_t start = 0, i = 0; start < ctx; start += bs, ++i) {
+  for (int64_t i = blk_begin, start = blk_begin * bs; i < blk_end && start < ctx; start += bs, ++i) {
     const int64_t n = std::min(bs, ctx - start);
     const uint8_t* kb = p.k + table[i] * p.block_stride + h * p.head_stride;
     const uint8_t* vb = p.v + table[i] * p.block_stride + h * p.head_stride;
@@ -213,45 +213,19 @@ void attend(const QuantProblem& p, int64_t b, int64_t h, Scratch& w) {
       values_rows<BITS>(std::min<int64_t>(kMaxRows, G - g0), p, w.scores.data() + g0 * sp, sp, vb,
                         p.v_sz + sz_off, n, w.weights.data() + g0 * sp, w.acc.data() + g0 * D);
   }
-  float* out = p.out + b * p.out_seq_stride + h * G * p.out_head_stride;
-  for (int64_t g = 0; g < G; ++g) {
-    const float inv = w.l[g] > 0.0f ? 1.0f / w.l[g] : 0.0f;   // no context: zeros, not 0/0
-    for (int64_t d = 0; d < D; ++d) out[g * p.out_head_stride + d] = w.acc[g * D + d] * inv;
-  }
+  finish_task(p, b, h, w.m.data(), w.l.data(), w.acc.data(), part);
 }
 
 template <int BITS>
 void run_all(const QuantProblem& p, int64_t batch, int64_t total_context) {
-  const int64_t tasks = batch * p.kv_heads;
   const int64_t sp = (p.block_size + 7) / 8 * 8;
-  std::atomic<int64_t> next{0};
-  const int64_t workers = total_context * p.kv_heads < kMinParallelWork
-                              ? 1 : std::min<int64_t>(at::get_num_threads(), tasks);
-  at::parallel_for(0, workers, 1, [&](int64_t begin, int64_t end) {
-    Scratch w(p.group, p.head_dim, sp);
-    for (int64_t i = begin; i < end; ++i)
-      for (int64_t t = next++; t < tasks; t = next++) attend<BITS>(p, t / p.kv_heads, t % p.kv_heads, w);
-  });
+  run_decode_tasks(p, batch, total_context, [&] { return Scratch(p.group, p.head_dim, sp); },
+                   [&](Scratch& w, int64_t b, int64_t h, int64_t first, int64_t last, float* part) {
+                     attend<BITS>(p, b, h, w, first, last, part);
+                   });
 }
 
 void check(bool ok, const char* what) { TORCH_CHECK_VALUE(ok, "paged_decode_attention_quant: ", what); }
-
-int64_t check_tables(const QuantProblem& p, int64_t batch, int64_t width, int64_t num_blocks) {
-  int64_t total = 0;
-  for (int64_t b = 0; b < batch; ++b) {
-    const int64_t ctx = p.context_lens[b];
-    TORCH_CHECK_VALUE(ctx >= 0 && ctx <= width * p.block_size, "paged_decode_attention_quant: ",
-                      "context length ", ctx, " of sequence ", b, " does not fit its block table of ",
-                      width, " blocks of ", p.block_size, " tokens");
-    for (int64_t i = 0; i * p.block_size < ctx; ++i) {
-      const int64_t blk = p.tables[b * p.table_stride + i];
-      TORCH_CHECK_VALUE(blk >= 0 && blk < num_blocks, "paged_decode_attention_quant: block id ",
-                        blk, " of sequence ", b, " is outside the cache's ", num_blocks, " blocks");
-    }
-    total += ctx;
-  }
-  return total;
-}
 
 // q [B, H, D] fp32; k, v uint8 [num_blocks, block_size, KV, D or D/2]; k_sz, v_sz float16
 // [num_blocks, block_size, KV, 2]; bits 8 or 4; block_tables [B, width] int64; context_lens [B]
@@ -296,7 +270,7 @@ at::Tensor paged_decode_attention_quant(const at::Tensor& q, const at::Tensor& k
                  context_lens.data_ptr<int64_t>(),
                  out.data_ptr<float>(), out.stride(0), out.stride(1),
                  KV, H / KV, D, k.size(1), static_cast<float>(scale)};
-  const int64_t total = check_tables(p, B, block_tables.size(1), k.size(0));
+  const int64_t total = check_tables(p, B, block_tables.size(1), k.size(0), "paged_decode_attention_quant");
   if (bits == 8) run_all<8>(p, B, total);
   else run_all<4>(p, B, total);
   return out;
