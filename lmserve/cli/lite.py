@@ -37,6 +37,15 @@ def _add_layerwise(p) -> None:
              help="embedding/head bits, quantized at load (default: --w-bits; 16 keeps them float)")
 
 
+def _add_weight_recipe(p) -> None:
+    """What the low-bit weight recipes (auto_awq, auto_gptq) share: model, calibration, output, bits."""
+    _add_model(p)
+    _add_calib(p)
+    add_flag(p, "work_dir", required=True, help="output model directory")
+    add_flag(p, "w_bits", type=int, default=4, choices=[4, 8])
+    add_flag(p, "w_group_size", type=int, default=128, choices=[32, 64, 128])
+
+
 def add_lite_parser(subparsers) -> None:
     lite = subparsers.add_parser("lite", help="quantize a model (AWQ, W8A16, SmoothQuant W8A8; KV rungs in auto)")
     sub = lite.add_subparsers(dest="lite_command", metavar="RECIPE")
@@ -48,11 +57,7 @@ def add_lite_parser(subparsers) -> None:
     p.set_defaults(func=run_calibrate)
 
     p = sub.add_parser("auto_awq", help="AWQ 4-bit (AutoAWQ GEMM format) or 8-bit (GPTQ format)")
-    _add_model(p)
-    _add_calib(p)
-    add_flag(p, "work_dir", required=True, help="output model directory")
-    add_flag(p, "w_bits", type=int, default=4, choices=[4, 8])
-    add_flag(p, "w_group_size", type=int, default=128, choices=[32, 64, 128])
+    _add_weight_recipe(p)
     add_flag(p, "search_grid", type=int, default=20, help="points of the scale exponent grid")
     add_flag(p, "no_clip", action="store_true", help="skip the weight clipping search")
     add_flag(p, "clip_gram", default="block", choices=["block", "full"],
@@ -65,11 +70,7 @@ def add_lite_parser(subparsers) -> None:
     p.set_defaults(func=run_auto_awq)
 
     p = sub.add_parser("auto_gptq", help="GPTQ 4/8-bit (AutoGPTQ format, desc_act false)")
-    _add_model(p)
-    _add_calib(p)
-    add_flag(p, "work_dir", required=True, help="output model directory")
-    add_flag(p, "w_bits", type=int, default=4, choices=[4, 8])
-    add_flag(p, "w_group_size", type=int, default=128, choices=[32, 64, 128])
+    _add_weight_recipe(p)
     _add_layerwise(p)
     p.set_defaults(func=run_auto_gptq)
 
