@@ -18,6 +18,7 @@
 // tile is at a constant offset from one pointer. After all blocks come the group sums, one row
 // of ngp (groups rounded up to 8, zero padded) per x row.
 #include "quant_gemv.h"
+#include "prefetch_rows.h"
 
 #include <algorithm>
 #include <cmath>
@@ -135,6 +136,7 @@ void gemv_rows(const QuantMatrix& w, const float* prep, int64_t M, const float* 
   float out[4];
   for (int64_t o = row_begin; o < row_end;) {
     const int r_tile = row_end - o >= R ? R : 1;
+    prefetch_rows(w, o, r_tile, row_end);
     for (int r = 0; r < r_tile; ++r) row_params(w, o + r, ng, s + r * ngp, s + (R + r) * ngp);
     const uint8_t* q = w.q + o * w.q_stride;
     for (int64_t m0 = 0; m0 < M; m0 += kBlockM) {
