@@ -37,7 +37,7 @@ def add_engine_args(parser: argparse.ArgumentParser) -> None:
     add_flag(g, "cpu_gemm_dtype", default="float32", choices=["float32", "bfloat16"],
              help="CPU: low-bit matmuls above decode size (prefill, big batches) in bfloat16, "
                   "fast with AMX-BF16, not bit-exact")
-    add_flag(g, "eager_mode", action="store_true", help="CUDA: run decode steps without CUDA graphs")
+    add_flag(g, "eager_mode", action="store_true", help="run decode steps module by module: without CUDA graphs on CUDA, without the fused decode stack on CPU")
     add_flag(g, "log_level", default="WARNING", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     add_tp_args(parser)
 

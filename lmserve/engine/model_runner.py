@@ -17,6 +17,7 @@ from lmserve.config import EngineConfig
 from lmserve.engine.cuda_graphs import maybe_decode_graphs
 from lmserve.engine.scheduler import ScheduledBatch
 from lmserve.engine.step_plan import StepPlan
+from lmserve.kernels.cpu_decode_stack import build_decode_stack
 from lmserve.kernels.kv_quant import QuantKVCache, bytes_per_token_head
 from lmserve.model.config import ModelConfig
 from lmserve.model.llama import LlamaForCausalLM
@@ -96,6 +97,8 @@ class ModelRunner:
                 if isinstance(module, LinearBase):
                     module.bf16_gemm = True
         self.model.eval()
+        if self.device.type == "cpu" and not cfg.eager_mode and not self.kv_bits:
+            self.model.decode_stack = build_decode_stack(self.model)
         kv_heads, d = self.model.num_local_kv_heads, model_cfg.head_dim
         per_head = (bytes_per_token_head(d, self.kv_bits) if self.kv_bits
                     else d * torch.finfo(self.dtype).bits // 8)

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from .cpu_extension import CPUExtension
 
-_EXT = CPUExtension("lmserve_cpu_ops", ("cpu_ops.cpp",), reference="torch element-wise ops")
+_EXT = CPUExtension("lmserve_cpu_ops", ("cpu_ops_bind.cpp", "cpu_ops.cpp"), reference="torch element-wise ops")
 
 
 def add_rms_norm_ref(x, residual, weight, eps):

@@ -13,7 +13,7 @@ import torch
 from .cpu_extension import CPUExtension
 from .paged_attention import paged_decode_attention_ref
 
-_EXT = CPUExtension("lmserve_paged_attention", ("paged_attention_cpu.cpp",),
+_EXT = CPUExtension("lmserve_paged_attention", ("paged_attention_bind.cpp", "paged_attention_cpu.cpp"),
                     reference="torch reference paged_decode_attention_ref")
 _CACHE_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 

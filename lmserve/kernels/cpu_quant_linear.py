@@ -21,7 +21,7 @@ from .quant_weight import QuantWeight
 # Q4_1 M=20 GEMV 128 ms vs tiled 138 ms, M=24 154 vs 153, M=32 205 vs 182 (docs/benchmarks.md).
 GEMV_MAX_M = 20
 
-_EXT = CPUExtension("lmserve_quant_gemv", ("quant_linear_bind.cpp", "quant_gemv.cpp"),
+_EXT = CPUExtension("lmserve_quant_gemv", ("quant_linear_bind.cpp", "quant_linear.cpp", "quant_gemv.cpp"),
                     reference="torch reference quant_linear_ref")
 
 

@@ -47,6 +47,12 @@ class DecoderLayer(nn.Module):
         return hidden, residual
 
 
+def _stack_serves(meta: AttentionMetadata, tokens: int, kv_caches) -> bool:
+    """A pure decode step (one token per sequence, no prompt chunk) over float caches."""
+    return (meta.decode_rows is not None and not meta.prefills and len(meta.decode_rows) == tokens
+            and isinstance(kv_caches[0], tuple))
+
+
 _LAYER_KEY = re.compile(r"model\.layers\.(\d+)\.(.+)\.(weight|bias)$")
 _SHARDS = {
     "self_attn.q_proj": ("qkv_proj", "q"), "self_attn.k_proj": ("qkv_proj", "k"),
@@ -69,6 +75,9 @@ class LlamaForCausalLM(nn.Module):
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, dtype)
         self.lm_head = ParallelLMHead(cfg.vocab_size, cfg.hidden_size, dtype, parallel,
                                       tied_to=self.embed_tokens if cfg.tie_word_embeddings else None)
+        # set by the model runner on CPU (kernels/cpu_decode_stack.py): all layers of a decode
+        # step in one C++ call, bit-identical to the modules; None runs module by module
+        self.decode_stack = None
 
     @property
     def num_local_kv_heads(self) -> int:
@@ -78,10 +87,21 @@ class LlamaForCausalLM(nn.Module):
         """Returns the final hidden states [T, hidden]; `compute_logits` turns chosen rows into logits."""
         hidden, residual = self.embed_tokens(input_ids), None
         cos_sin = self.rotary.cos_sin(positions, self.dtype)
-        for layer, kv_cache in zip(self.layers, kv_caches):
-            hidden, residual = layer(cos_sin, hidden, residual, kv_cache, meta)
+        if self.decode_stack is not None and _stack_serves(meta, hidden.shape[0], kv_caches):
+            hidden, residual = self._stack_forward(hidden, cos_sin, kv_caches, meta)
+        else:
+            for layer, kv_cache in zip(self.layers, kv_caches):
+                hidden, residual = layer(cos_sin, hidden, residual, kv_cache, meta)
         hidden, _ = self.norm(hidden, residual)
         return hidden
+
+    def _stack_forward(self, hidden, cos_sin, kv_caches, meta: AttentionMetadata):
+        t = hidden.shape[0]
+        cos, sin = cos_sin
+        return self.decode_stack.forward(
+            hidden, cos.view(t, -1), sin.view(t, -1), [c[0] for c in kv_caches],
+            [c[1] for c in kv_caches], meta.slot_mapping, meta.decode_block_tables.long().contiguous(),
+            meta.decode_context_lens.long().contiguous())
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.lm_head(hidden)

@@ -6,12 +6,14 @@
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/empty_like.h>
-#include <torch/csrc/utils/pybind.h>
 
 #include <algorithm>
 #include <cmath>
 #include <optional>
 
+#include "cpu_ops.h"
+
+namespace lmserve::ops {
 namespace {
 
 // Elements per task: a pass over fewer than this (a decode batch) takes microseconds, less than
@@ -26,6 +28,8 @@ void check_fp32_rows(const at::Tensor& t, const char* op, const char* name, int6
   TORCH_CHECK_VALUE(t.dim() == 2 && t.size(1) == cols && t.stride(1) == 1, op, ": ", name,
                     " must be [rows, ", cols, "] with contiguous rows, got ", t.sizes());
 }
+
+}  // namespace
 
 // residual' = x + residual (or x when there is none); out = rms_norm(residual') * weight.
 // Sum of squares in double: the result then does not depend on the summation order.
@@ -110,14 +114,4 @@ at::Tensor silu_and_mul(const at::Tensor& gate_up) {
   return out;
 }
 
-}  // namespace
-
-PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  namespace py = pybind11;
-  m.def("add_rms_norm", &add_rms_norm, py::arg("x"), py::arg("residual"), py::arg("weight"),
-        py::arg("eps"), py::call_guard<py::gil_scoped_release>());
-  m.def("rotary_inplace", &rotary_inplace, py::arg("x"), py::arg("heads"), py::arg("head_dim"),
-        py::arg("cos"), py::arg("sin"), py::call_guard<py::gil_scoped_release>());
-  m.def("silu_and_mul", &silu_and_mul, py::arg("gate_up"),
-        py::call_guard<py::gil_scoped_release>());
-}
+}  // namespace lmserve::ops

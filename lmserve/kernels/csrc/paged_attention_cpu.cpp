@@ -10,7 +10,6 @@
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
-#include <torch/csrc/utils/pybind.h>
 
 #include <algorithm>
 #include <cmath>
@@ -19,6 +18,7 @@
 #include <vector>
 
 #include "attention_vec.h"
+#include "paged_attention_cpu.h"
 #include "decode_tasks.h"
 #include "online_softmax.h"
 
@@ -209,6 +209,10 @@ void run_all(const DecodeProblem& p, int64_t batch, int64_t total_context) {
 
 void check(bool ok, const char* what) { TORCH_CHECK_VALUE(ok, "paged_decode_attention: ", what); }
 
+}  // namespace
+
+namespace lmserve {
+
 // q [B, H, D] fp32; caches [num_blocks, block_size, KV, D] fp32/fp16/bf16; block_tables
 // [B, width] int64; context_lens [B] int64 -> out [B, H, D] fp32 (written into `out` if given).
 at::Tensor paged_decode_attention(const at::Tensor& q, const at::Tensor& k_cache,
@@ -252,11 +256,4 @@ at::Tensor paged_decode_attention(const at::Tensor& q, const at::Tensor& k_cache
   return out;
 }
 
-}  // namespace
-
-PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  namespace py = pybind11;
-  m.def("paged_decode_attention", &paged_decode_attention, py::arg("q"), py::arg("k_cache"),
-        py::arg("v_cache"), py::arg("block_tables"), py::arg("context_lens"), py::arg("scale"),
-        py::arg("out") = py::none(), py::call_guard<py::gil_scoped_release>());
-}
+}  // namespace lmserve
