@@ -97,8 +97,8 @@ class ModelRunner:
                 if isinstance(module, LinearBase):
                     module.bf16_gemm = True
         self.model.eval()
-        if self.device.type == "cpu" and not cfg.eager_mode and not self.kv_bits:
-            self.model.decode_stack = build_decode_stack(self.model)
+        if self.device.type == "cpu" and not cfg.eager_mode:
+            self.model.decode_stack = build_decode_stack(self.model, self.kv_bits)
         kv_heads, d = self.model.num_local_kv_heads, model_cfg.head_dim
         per_head = (bytes_per_token_head(d, self.kv_bits) if self.kv_bits
                     else d * torch.finfo(self.dtype).bits // 8)

@@ -16,7 +16,7 @@ from .kv_quant import QuantKVCache
 from .paged_attention_quant import paged_decode_attention_quant_ref
 
 # its own extension (and build folder), so building it leaves lmserve_paged_attention alone
-_EXT = CPUExtension("lmserve_paged_attention_kvq", ("paged_attention_kvq_cpu.cpp",),
+_EXT = CPUExtension("lmserve_paged_attention_kvq", ("paged_attention_kvq_bind.cpp", "paged_attention_kvq_cpu.cpp"),
                     reference="torch reference paged_decode_attention_quant_ref")
 
 

@@ -10,6 +10,7 @@ import re
 import torch
 from torch import nn
 
+from lmserve.kernels.kv_quant import QuantKVCache
 from lmserve.kernels.quant_weight import QuantWeight
 from lmserve.model.config import ModelConfig
 from lmserve.model.gguf_raw import GGUFRawWeight
@@ -48,9 +49,8 @@ class DecoderLayer(nn.Module):
 
 
 def _stack_serves(meta: AttentionMetadata, tokens: int, kv_caches) -> bool:
-    """A pure decode step (one token per sequence, no prompt chunk) over float caches."""
-    return (meta.decode_rows is not None and not meta.prefills and len(meta.decode_rows) == tokens
-            and isinstance(kv_caches[0], tuple))
+    """A pure decode step: one token per sequence, no prompt chunk."""
+    return meta.decode_rows is not None and not meta.prefills and len(meta.decode_rows) == tokens
 
 
 _LAYER_KEY = re.compile(r"model\.layers\.(\d+)\.(.+)\.(weight|bias)$")
@@ -98,10 +98,14 @@ class LlamaForCausalLM(nn.Module):
     def _stack_forward(self, hidden, cos_sin, kv_caches, meta: AttentionMetadata):
         t = hidden.shape[0]
         cos, sin = cos_sin
+        if isinstance(kv_caches[0], QuantKVCache):
+            caches = [x for c in kv_caches for x in (c.k, c.v, c.k_scale_zero, c.v_scale_zero)]
+            bits, rotation = kv_caches[0].bits, kv_caches[0].rotation
+        else:
+            caches, bits, rotation = [x for c in kv_caches for x in c], 0, None
         return self.decode_stack.forward(
-            hidden, cos.view(t, -1), sin.view(t, -1), [c[0] for c in kv_caches],
-            [c[1] for c in kv_caches], meta.slot_mapping, meta.decode_block_tables.long().contiguous(),
-            meta.decode_context_lens.long().contiguous())
+            hidden, cos.view(t, -1), sin.view(t, -1), caches, bits, rotation, meta.slot_mapping,
+            meta.decode_block_tables.long().contiguous(), meta.decode_context_lens.long().contiguous())
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.lm_head(hidden)

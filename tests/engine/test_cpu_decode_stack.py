@@ -77,13 +77,33 @@ def test_tiny_models_with_biases_float_and_low_bit(kind, overrides, group, tmp_p
                                        cache_block_seq_len=8)
 
 
+@pytest.mark.parametrize("bits,rotation", [(8, "off"), (8, "on"), (4, "on"), (4, "off")])
+def test_quantized_kv_cache(bits, rotation, tmp_path, default_loaded):
+    # head_dim 16: the int4 attention kernel needs a multiple of 16
+    tiny_model("llama", seed=7, num_attention_heads=2, num_key_value_heads=1).save_pretrained(tmp_path)
+    default_loaded.tokenizer.save_pretrained(tmp_path)
+    loaded = load_model(str(tmp_path))
+    prompts = [[1, 5, 17, 42, 3, 88, 9, 60, 2, 71], [4, 8], list(range(10, 40))]
+    assert_same_with_and_without_stack(loaded, prompts, num_blocks=64, cache_block_seq_len=8,
+                                       quant_policy=bits, kv_rotation=rotation)
+
+
+@requires_default_model
+def test_default_model_int8_kv_cache():
+    loaded = load_model(None, keep_gguf_quantized=True)
+    prompts = [loaded.tokenizer.encode(t) for t in ("The capital of France is", "1, 2, 3, 4,")]
+    assert_same_with_and_without_stack(loaded, prompts, quant_policy=8)
+
+
 def test_not_built_where_it_cannot_serve(tmp_path, default_loaded):
     tiny_model("llama", seed=1).save_pretrained(tmp_path)
     default_loaded.tokenizer.save_pretrained(tmp_path)
     loaded = load_model(str(tmp_path))
     assert make_engine(loaded).runner.model.decode_stack is not None
-    # a quantized KV cache has its own attention kernel, which the stack does not call
-    assert make_engine(loaded, quant_policy=8).runner.model.decode_stack is None
+    assert make_engine(loaded, quant_policy=8).runner.model.decode_stack is not None
+    # head_dim 8: the int4 attention kernel needs a multiple of 16, so the modules run (with
+    # the torch reference attention)
+    assert make_engine(loaded, quant_policy=4).runner.model.decode_stack is None
     assert make_engine(loaded, eager_mode=True).runner.model.decode_stack is None
     engine = make_engine(loaded, dtype="bfloat16")
     assert engine.runner.model.dtype == torch.bfloat16 and engine.runner.model.decode_stack is None

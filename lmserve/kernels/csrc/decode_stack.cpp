@@ -5,9 +5,9 @@
 // SmolLM2-135M about a dozen module calls, dispatch checks and views per layer, ~2 ms of a ~13 ms
 // step on our 2-core box.
 //
-// Serves: fp32 CPU models, tensor parallel size 1, float KV caches, pure decode steps. The
-// weights are bound once (tensors shared with the modules, no copies); caches and per-step
-// tensors arrive with each call.
+// Serves: fp32 CPU models, tensor parallel size 1, float or int8/int4 (kv_quant.QuantKVCache) KV
+// caches, pure decode steps. The weights are bound once (tensors shared with the modules, no
+// copies); caches and per-step tensors arrive with each call.
 #include <ATen/ATen.h>
 #include <torch/csrc/utils/pybind.h>
 
@@ -18,6 +18,7 @@
 
 #include "cpu_ops.h"
 #include "paged_attention_cpu.h"
+#include "paged_attention_kvq_cpu.h"
 #include "quant_linear.h"
 
 namespace {
@@ -40,6 +41,30 @@ struct Linear {
     return bias_after && bias ? y + *bias : y;
   }
 };
+
+// kv_quant.quantize + QuantKVCache.store, op for op: x [T, KV, D] float -> its slots of data
+// (uint8 codes, int4 packed by halves) and sz (float16 scale and zero per row).
+void store_quantized(const at::Tensor& x, const std::optional<at::Tensor>& rotation, int64_t bits,
+                     const at::Tensor& data, const at::Tensor& sz, const at::Tensor& slots) {
+  const int64_t qmax = (int64_t{1} << bits) - 1;
+  at::Tensor xf = x.to(at::kFloat);
+  if (rotation) xf = at::matmul(xf, rotation->to(xf.scalar_type()));
+  xf = xf.to(at::kFloat);
+  const at::Tensor lo = xf.amin(-1, true), hi = xf.amax(-1, true);
+  const at::Tensor scale_zero = at::cat({(hi - lo) / qmax, lo}, -1).to(at::kHalf);
+  const auto parts = scale_zero.to(at::kFloat).split(1, -1);
+  const at::Tensor& scale = parts[0];
+  const at::Tensor& zero = parts[1];
+  at::Tensor q = at::round((xf - zero) / at::where(scale > 0, scale, at::Scalar(1.0)))
+                     .clamp_(0, qmax)
+                     .to(at::kByte);
+  if (bits == 4) {
+    const int64_t half = q.size(-1) / 2;
+    q = at::bitwise_or(q.narrow(-1, 0, half), at::bitwise_left_shift(q.narrow(-1, half, half), 4));
+  }
+  data.view({-1, data.size(2), data.size(3)}).index_copy_(0, slots, q);
+  sz.view({-1, sz.size(2), sz.size(3)}).index_copy_(0, slots, scale_zero);
+}
 
 struct Layer {
   at::Tensor input_norm, post_norm;
@@ -80,20 +105,26 @@ class DecodeStack {
     lin->gemv_max_m = gemv_max_m;
   }
 
-  // hidden [T, hidden] (the embeddings), cos/sin [T, head_dim]; one (k, v) cache per layer;
-  // slot_mapping [T] int64; block_tables [T, width] and context_lens [T] int64, one decoding token
-  // per sequence. Returns (hidden, residual) after the last layer, before the final norm.
+  // hidden [T, hidden] (the embeddings), cos/sin [T, head_dim]; caches: per layer k, v (float),
+  // or with kv_bits 8/4 k, v, k_sz, v_sz of a QuantKVCache whose rows are stored times `rotation`
+  // (if given); slot_mapping [T] int64; block_tables [T, width] and context_lens [T] int64, one
+  // decoding token per sequence. Returns (hidden, residual) after the last layer, before the
+  // final norm.
   std::tuple<at::Tensor, at::Tensor> forward(at::Tensor hidden, const at::Tensor& cos,
                                              const at::Tensor& sin,
-                                             const std::vector<at::Tensor>& k_caches,
-                                             const std::vector<at::Tensor>& v_caches,
+                                             const std::vector<at::Tensor>& caches,
+                                             int64_t kv_bits,
+                                             const std::optional<at::Tensor>& rotation,
                                              const at::Tensor& slot_mapping,
                                              const at::Tensor& block_tables,
                                              const at::Tensor& context_lens) const {
     const int64_t n = static_cast<int64_t>(layers_.size());
-    TORCH_CHECK_VALUE(static_cast<int64_t>(k_caches.size()) == n &&
-                          static_cast<int64_t>(v_caches.size()) == n,
-                      "DecodeStack.forward: expected ", n, " k and v caches");
+    const int64_t per_layer = kv_bits ? 4 : 2;
+    TORCH_CHECK_VALUE(kv_bits == 0 || kv_bits == 4 || kv_bits == 8,
+                      "DecodeStack.forward: kv_bits must be 0, 4 or 8, got ", kv_bits);
+    TORCH_CHECK_VALUE(static_cast<int64_t>(caches.size()) == n * per_layer,
+                      "DecodeStack.forward: expected ", n * per_layer, " cache tensors, got ",
+                      caches.size());
     const int64_t T = hidden.size(0), D = head_dim_;
     const int64_t q_size = heads_ * D, kv_size = kv_heads_ * D;
     std::optional<at::Tensor> residual;
@@ -106,12 +137,11 @@ class DecodeStack {
       const at::Tensor q = qkv.narrow(1, 0, q_size).view({T, heads_, D});
       const at::Tensor k = qkv.narrow(1, q_size, kv_size).view({T, kv_heads_, D});
       const at::Tensor v = qkv.narrow(1, q_size + kv_size, kv_size).view({T, kv_heads_, D});
-      const at::Tensor& kc = k_caches[i];
-      const at::Tensor& vc = v_caches[i];
-      kc.view({-1, kc.size(2), kc.size(3)}).index_copy_(0, slot_mapping, k.to(kc.scalar_type()));
-      vc.view({-1, vc.size(2), vc.size(3)}).index_copy_(0, slot_mapping, v.to(vc.scalar_type()));
-      const at::Tensor attn = lmserve::paged_decode_attention(q, kc, vc, block_tables,
-                                                              context_lens, scale_, std::nullopt);
+      const at::Tensor attn = kv_bits
+          ? quant_attention(q, k, v, &caches[i * 4], kv_bits, rotation, slot_mapping, block_tables,
+                            context_lens)
+          : float_attention(q, k, v, caches[i * 2], caches[i * 2 + 1], slot_mapping, block_tables,
+                            context_lens);
       hidden = l.o(attn.reshape({T, q_size}));
       std::tie(normed, summed) = lmserve::ops::add_rms_norm(hidden, residual, l.post_norm, eps_);
       residual = summed;
@@ -123,6 +153,32 @@ class DecodeStack {
   int64_t num_layers() const { return static_cast<int64_t>(layers_.size()); }
 
  private:
+  // store_kv_ref + cpu_paged_attention.paged_decode_attention
+  at::Tensor float_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                             const at::Tensor& kc, const at::Tensor& vc, const at::Tensor& slots,
+                             const at::Tensor& block_tables, const at::Tensor& context_lens) const {
+    kc.view({-1, kc.size(2), kc.size(3)}).index_copy_(0, slots, k.to(kc.scalar_type()));
+    vc.view({-1, vc.size(2), vc.size(3)}).index_copy_(0, slots, v.to(vc.scalar_type()));
+    return lmserve::paged_decode_attention(q, kc, vc, block_tables, context_lens, scale_,
+                                           std::nullopt);
+  }
+
+  // QuantKVCache.store + cpu_paged_attention_quant.paged_decode_attention_quant: q goes into the
+  // cache's rotated basis and the output comes back out of it. c: k, v, k_sz, v_sz.
+  at::Tensor quant_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                             const at::Tensor* c, int64_t bits,
+                             const std::optional<at::Tensor>& rotation, const at::Tensor& slots,
+                             const at::Tensor& block_tables, const at::Tensor& context_lens) const {
+    store_quantized(k, rotation, bits, c[0], c[2], slots);
+    store_quantized(v, rotation, bits, c[1], c[3], slots);
+    at::Tensor qf = q.to(at::kFloat);
+    if (rotation) qf = at::matmul(qf, rotation->to(qf.scalar_type()));
+    at::Tensor out = lmserve::paged_decode_attention_quant(qf.contiguous(), c[0], c[1], c[2], c[3],
+                                                           bits, block_tables, context_lens, scale_);
+    if (rotation) out = at::matmul(out, rotation->t().to(out.scalar_type()));
+    return out.to(q.scalar_type());
+  }
+
   int64_t heads_, kv_heads_, head_dim_;
   double eps_, scale_;
   std::vector<Layer> layers_;
@@ -141,7 +197,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
            py::arg("group"), py::arg("bias"), py::arg("bias_after"), py::arg("bf16_gemm"),
            py::arg("gemv_max_m"))
       .def("forward", &DecodeStack::forward, py::arg("hidden"), py::arg("cos"), py::arg("sin"),
-           py::arg("k_caches"), py::arg("v_caches"), py::arg("slot_mapping"),
+           py::arg("caches"), py::arg("kv_bits"), py::arg("rotation"), py::arg("slot_mapping"),
            py::arg("block_tables"), py::arg("context_lens"),
            py::call_guard<py::gil_scoped_release>())
       .def_property_readonly("num_layers", &DecodeStack::num_layers);

@@ -10,7 +10,6 @@
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
-#include <torch/csrc/utils/pybind.h>
 
 #include <algorithm>
 #include <cmath>
@@ -21,6 +20,7 @@
 #include "attention_vec.h"
 #include "decode_tasks.h"
 #include "online_softmax.h"
+#include "paged_attention_kvq_cpu.h"
 
 namespace {
 
@@ -227,6 +227,10 @@ void run_all(const QuantProblem& p, int64_t batch, int64_t total_context) {
 
 void check(bool ok, const char* what) { TORCH_CHECK_VALUE(ok, "paged_decode_attention_quant: ", what); }
 
+}  // namespace
+
+namespace lmserve {
+
 // q [B, H, D] fp32; k, v uint8 [num_blocks, block_size, KV, D or D/2]; k_sz, v_sz float16
 // [num_blocks, block_size, KV, 2]; bits 8 or 4; block_tables [B, width] int64; context_lens [B]
 // int64 -> out [B, H, D] fp32, in the cache's (rotated) basis.
@@ -276,11 +280,4 @@ at::Tensor paged_decode_attention_quant(const at::Tensor& q, const at::Tensor& k
   return out;
 }
 
-}  // namespace
-
-PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  namespace py = pybind11;
-  m.def("paged_decode_attention_quant", &paged_decode_attention_quant, py::arg("q"), py::arg("k"),
-        py::arg("v"), py::arg("k_sz"), py::arg("v_sz"), py::arg("bits"), py::arg("block_tables"),
-        py::arg("context_lens"), py::arg("scale"), py::call_guard<py::gil_scoped_release>());
-}
+}  // namespace lmserve
