@@ -5,7 +5,8 @@ disabled by LMSERVE_DISABLE_CPU_EXT) `get()` returns None after one warning and 
 their torch reference instead; a build failure never reaches a request.
 
 LMSERVE_DISABLE_CPU_EXT: "1" turns every extension off; a comma-separated list of names
-("paged_attention", "quant_gemv", with or without the "lmserve_" prefix) turns off just those,
+("quant_gemv", "paged_attention", "paged_attention_kvq", "cpu_ops", "decode_stack", with or
+without the "lmserve_" prefix) turns off just those,
 so a benchmark can compare one kernel against its reference with everything else unchanged.
 """
 from __future__ import annotations
