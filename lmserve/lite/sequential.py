@@ -122,7 +122,7 @@ def quantize_sequential(scorer, samples: list[list[int]], weights: dict, st, lay
     result = dict(weights)
     quantized_inputs = st.sequential
     emb = (embedding_bits, st.w_group_size) if embedding_bits in (4, 8) and quantized_inputs else None
-    keep = min(st.block_samples, len(samples)) if getattr(st, "loss", "gram") == "block" else 0
+    keep = min(st.block_samples, len(samples)) if st.loss == "block" else 0
     runner = LayerRunner(scorer, samples, emb)
     bar = tqdm(range(cfg.num_layers), desc="sequential" if quantized_inputs else "layers",
                unit="layer", disable=not progress)
