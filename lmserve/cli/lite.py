@@ -66,6 +66,12 @@ def add_lite_parser(subparsers) -> None:
              help="xw: s = mean|x|^a / mean|w|^(1-a); x: AutoAWQ's s = mean|x|^a")
     add_flag(p, "rounding", default="nearest", choices=["nearest", "gptq"],
              help="gptq: GPTQ's error-compensating rounding after the AWQ scales (not AWQ alone)")
+    add_flag(p, "loss", default="gram", choices=["gram", "block"],
+             help="q/k/v and gate/up scale search error: gram (each linear's output, from Gram "
+                  "matrices) or block (AutoAWQ's: the attention / MLP block output, run on stored "
+                  "calibration activations; walks the model layer by layer, no --calib-stats)")
+    add_flag(p, "block_samples", type=int, default=4,
+             help="--loss block: calibration sequences whose activations the blocks are run on")
     _add_layerwise(p)
     p.set_defaults(func=run_auto_awq)
 
@@ -126,7 +132,8 @@ def run_auto_awq(args) -> None:
         st = AwqSettings(args.w_bits, args.w_group_size, args.search_grid, not args.no_clip,
                          scale_form=args.scale_form, rounding=args.rounding,
                          sequential=args.sequential, damp=args.damp,
-                         clip_gram=args.clip_gram,
+                         clip_gram=args.clip_gram, loss=args.loss,
+                         block_samples=args.block_samples,
                          sink_weight=1.0 if args.sink_weight is None else args.sink_weight)
         info = auto_awq(args.model_path, args.work_dir, st, _calib(args), args.embedding_bits)
     except (ValueError, FileNotFoundError) as e:
@@ -149,7 +156,8 @@ def run_auto_gptq(args) -> None:
 
 
 def _summary(name: str, args, info: dict) -> None:
-    how = "sequential calibration + quantization" if args.sequential else \
+    walk = args.sequential or getattr(args, "loss", "gram") == "block"
+    how = "layer-by-layer calibration + quantization" if walk else \
         f"calibration {info['calibration_s']:.1f} s + quantization"
     print(f"{name} {args.w_bits}-bit g{args.w_group_size}: {how} {info['quantization_s']:.1f} s "
           f"= {info['total_s']:.1f} s; model written to {args.work_dir}")

@@ -24,6 +24,7 @@ from lmserve.model.config import ModelConfig
 
 SCALE_FORMS = ("xw", "x")
 ROUNDINGS = ("nearest", "gptq")
+LOSSES = ("gram", "block")
 
 
 @dataclass(slots=True)
@@ -39,6 +40,9 @@ class AwqSettings:
     damp: float = 0.01            # GPTQ: Gram diagonal damping, a fraction of its mean
     clip_gram: str = "block"      # clip search error: block (diagonal Gram blocks) or full
     sink_weight: float = 1.0      # weight of each sample's first token (the attention sink) in G
+    loss: str = "gram"            # scale search error of q/k/v and gate/up: gram (each linear's
+                                  # output) or block (the attention / MLP output, lite/block_loss.py)
+    block_samples: int = 4        # --loss block: calibration sequences kept to run the blocks on
 
     def __post_init__(self):
         if self.w_bits not in (4, 8):
@@ -49,6 +53,10 @@ class AwqSettings:
             raise ValueError(f"--rounding must be one of {', '.join(ROUNDINGS)}, got {self.rounding!r}")
         if self.clip_gram not in ("block", "full"):
             raise ValueError(f"--clip-gram must be block or full, got {self.clip_gram!r}")
+        if self.loss not in LOSSES:
+            raise ValueError(f"--loss must be one of {', '.join(LOSSES)}, got {self.loss!r}")
+        if self.block_samples < 1:
+            raise ValueError(f"--block-samples must be at least 1, got {self.block_samples}")
         if self.sink_weight < 1.0:
             raise ValueError(f"--sink-weight must be at least 1, got {self.sink_weight}")
         if not 0.0 < self.damp < 1.0:

@@ -10,6 +10,7 @@ import torch
 
 from lmserve.lite.awq import (AwqSettings, input_gram, output_error, scaled_gram, search_clip,
                              search_clip_full, search_scale)
+from lmserve.lite.block_loss import block_scale
 from lmserve.lite.gptq import gptq_quantize
 from lmserve.lite.quantizer import GroupQuant, check_group_size, fake_quantize, quantize_groups
 from lmserve.model.config import ModelConfig
@@ -78,7 +79,13 @@ def awq_layer(weights: dict, layer: int, stats: dict, cfg: ModelConfig,
         gqa = None
         if key == "o" and cfg.num_heads != cfg.num_kv_heads:
             gqa = (cfg.num_kv_heads, cfg.num_heads // cfg.num_kv_heads, cfg.head_dim)
-        s, err, rtn = search_scale(w, st_in["absmean"], gram, st, gqa)
+        if st.loss == "block" and key in ("qkv", "gate_up"):
+            if "block" not in stats:
+                raise ValueError("--loss block needs stored calibration activations; they are "
+                                 "kept by the layer walk of lite/sequential.py, not --calib-stats")
+            s, err, rtn = block_scale(key, weights, prefix, st_in["absmean"], stats["block"], cfg, st)
+        else:
+            s, err, rtn = search_scale(w, st_in["absmean"], gram, st, gqa)
         report[key] = err / rtn if rtn > 0 else 1.0
         s_producer = s.reshape(gqa)[:, 0].reshape(-1) if gqa else s
         _fold_into_producer(weights, prefix, producer, s_producer)

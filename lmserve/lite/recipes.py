@@ -88,7 +88,7 @@ def _quantize(model_path, work_dir, settings: AwqSettings, calib: CalibSettings,
     start = time.perf_counter()
     check_model_group_size(load_model(model_path).config, settings.w_group_size)
     embedding_bits = settings.w_bits if embedding_bits is None else embedding_bits
-    if settings.sequential:
+    if settings.sequential or settings.loss == "block":
         loaded, tensors, tokens = _sequential(model_path, settings, calib, progress, layer_fn,
                                               embedding_bits)
         calibrated = start        # calibration and quantization interleave
@@ -112,8 +112,8 @@ def _sequential(model_path, settings: AwqSettings, calib: CalibSettings, progres
     from lmserve.lite.quantize_model import float_weights
     from lmserve.lite.sequential import quantize_sequential
     if calib.stats_path:
-        raise ValueError("--sequential records its statistics layer by layer from the partly "
-                         "quantized model; it cannot reuse --calib-stats")
+        raise ValueError("--sequential and --loss block record their statistics layer by layer "
+                         "(--loss block also keeps activations); they cannot reuse --calib-stats")
     scorer = load_float_model(model_path, calib.seqlen)
     samples = calibration_samples(scorer.tokenizer, calib.dataset, calib.samples, calib.seqlen)
     tensors = quantize_sequential(scorer, samples, float_weights(scorer.loaded), settings,

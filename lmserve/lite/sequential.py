@@ -17,6 +17,7 @@ import re
 
 import torch
 
+from lmserve.lite.block_loss import BlockInputs
 from lmserve.lite.calibrate import INPUTS, _InputRecorder
 from lmserve.nn.attention import AttentionMetadata, PrefillChunk
 
@@ -77,20 +78,32 @@ class LayerRunner:
             if advance:
                 self.states[k] = out
 
-    def record(self, index: int) -> dict:
-        """Statistics of layer `index`'s four linear inputs on the current hidden states."""
+    def record(self, index: int, keep: int = 0, advance: bool = False) -> dict:
+        """Statistics of layer `index`'s four linear inputs on the current hidden states.
+        keep: also store the attention and MLP inputs of the first `keep` samples (as "block",
+        a BlockInputs) for --loss block. advance: keep this pass's outputs as the next inputs."""
         layer = self.model.layers[index]
         recorders, handles = {}, []
         for key, attr in INPUTS.items():
             module = getattr(layer, attr)
             recorders[key] = _InputRecorder(module.in_features)
             handles.append(module.register_forward_pre_hook(recorders[key]))
+        kept = {"qkv": [], "gate_up": []}
+        for key in kept if keep else ():
+            def store(module, args, rows=kept[key]):
+                if len(rows) < keep:
+                    rows.append(args[0].detach().float().clone())
+            handles.append(getattr(layer, INPUTS[key]).register_forward_pre_hook(store))
         try:
-            self.run(index, advance=False)
+            self.run(index, advance=advance)
         finally:
             for h in handles:
                 h.remove()
-        return {k: r.result() for k, r in recorders.items()}
+        stats = {k: r.result() for k, r in recorders.items()}
+        if keep:
+            cos_sin = [tuple(t.float() for t in c) for c, _ in self.inputs[:keep]]
+            stats["block"] = BlockInputs(list(zip(kept["qkv"], cos_sin)), torch.cat(kept["gate_up"]))
+        return stats
 
 
 def quantize_sequential(scorer, samples: list[list[int]], weights: dict, st, layer_fn,
@@ -98,21 +111,28 @@ def quantize_sequential(scorer, samples: list[list[int]], weights: dict, st, lay
     """scorer: the float DirectModel (its layers are overwritten with the quantized ones as the
     walk goes: do not use it as a float model afterwards). weights: float canonical tensors.
     embedding_bits: 4 or 8 when the embedding will be served quantized (None or 16: float).
+    st.sequential False (only with --loss block, which needs the activations this walk keeps):
+    every layer's inputs come from the float model, as in AutoAWQ, whose next-layer inputs are
+    the float layer's outputs computed before that layer is scaled and quantized.
     -> canonical tensors with every layer quantized (as quantize_model.quantize_awq returns)."""
     from tqdm import tqdm
     from lmserve.lite.quantize_model import check_model_group_size
     cfg = scorer.config
     check_model_group_size(cfg, st.w_group_size)
     result = dict(weights)
-    emb = (embedding_bits, st.w_group_size) if embedding_bits in (4, 8) else None
+    quantized_inputs = st.sequential
+    emb = (embedding_bits, st.w_group_size) if embedding_bits in (4, 8) and quantized_inputs else None
+    keep = min(st.block_samples, len(samples)) if st.loss == "block" else 0
     runner = LayerRunner(scorer, samples, emb)
-    bar = tqdm(range(cfg.num_layers), desc="sequential", unit="layer", disable=not progress)
+    bar = tqdm(range(cfg.num_layers), desc="sequential" if quantized_inputs else "layers",
+               unit="layer", disable=not progress)
     for i in bar:
-        stats = runner.record(i)
+        stats = runner.record(i, keep, advance=not quantized_inputs)
         quantized, report = layer_fn(result, i, stats, cfg, st)
         result.update(quantized)
-        _load_layer(scorer.model.layers[i], i, result)
-        runner.run(i, advance=True)
+        if quantized_inputs:
+            _load_layer(scorer.model.layers[i], i, result)
+            runner.run(i, advance=True)
         bar.set_postfix({k: f"{v:.2f}" for k, v in report.items()})
         logger.info("layer %d: output error vs RTN %s", i, {k: round(v, 3) for k, v in report.items()})
     return result
