@@ -22,8 +22,14 @@ using lmserve::QuantMatrix;
 
 // Below this many weight bytes a task is not worth waking a second thread for.
 constexpr int64_t kMinTaskBytes = 16 * 1024;
-// fp32 weight tile for the GEMM path: big enough for BLAS efficiency, small enough for L2.
-constexpr int64_t kTileBytes = 256 * 1024;
+// fp32 weight tile for the GEMM path, per thread. Measured on the 2-core Xeon (L2 2 MiB per core),
+// all SmolLM2 linears, 2 threads: 256 KB tiles ran M = 4096 at 194-213 GFLOP/s and M = 64 at
+// 170; 2 MB tiles 280-286 and 188-194, about torch's own fp32 GEMM on the dense weight (each tile
+// is one MKL call, which repacks all of x: fewer, larger tiles repack it less). 4 MB was worse.
+constexpr int64_t kTileBytes = 2 * 1024 * 1024;
+// bf16 tiles: 1 MB of fp32 before conversion (3072x576 at M = 512: 2.70 ms with 256 KB, 2.25 with
+// 1 MB; larger was slower at M = 64).
+constexpr int64_t kTileBytesBf16 = 1024 * 1024;
 
 void check_rows(const at::Tensor& t, const char* name, int64_t rows, int64_t cols) {
   TORCH_CHECK_VALUE(t.dim() == 2 && t.size(0) == rows && t.size(1) == cols, "quant_linear: ",
@@ -92,8 +98,7 @@ at::Tensor tiled_gemm(const QuantMatrix& w, const at::Tensor& x,
                       const std::optional<at::Tensor>& bias, int64_t out, bool bf16) {
   at::Tensor y = at::empty({x.size(0), out}, x.options());
   const at::Tensor xb = bf16 ? x.to(at::kBFloat16) : at::Tensor();
-  // bf16: wider tiles feed AMX better (3072x576 at M = 512: 2.70 ms with fp32-sized tiles, 2.25 with 4x)
-  const int64_t tile = std::max<int64_t>(16, kTileBytes / (w.in * 4)) * (bf16 ? 4 : 1);
+  const int64_t tile = std::max<int64_t>(16, (bf16 ? kTileBytesBf16 : kTileBytes) / (w.in * 4));
   // Worker threads do not inherit the caller's thread-local state; without it, writing into y
   // (an inference tensor when called under torch.inference_mode) from a worker is refused.
   const at::ThreadLocalState caller_state;
