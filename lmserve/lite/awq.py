@@ -86,15 +86,12 @@ def tie_heads(v: torch.Tensor, gqa: tuple[int, int, int]) -> torch.Tensor:
     return v.reshape(kv, group, d).mean(1, keepdim=True).expand(kv, group, d).reshape(-1)
 
 
-def search_scale(w: torch.Tensor, x_mean: torch.Tensor, gram: torch.Tensor, st: AwqSettings,
-                 gqa: tuple[int, int, int] | None = None) -> tuple[torch.Tensor, float, float]:
-    """w: the consumers' weights stacked [out, in]. gqa: (kv heads, query heads per kv head,
-    head dim) when the scale must be shared by query heads (o_proj under GQA).
-    -> (s [in], error with s, error of plain RTN)."""
+def scale_grid(w: torch.Tensor, x_mean: torch.Tensor, st: AwqSettings,
+               gqa: tuple[int, int, int] | None = None):
+    """The candidate scales s [in] for the consumers' weights w [out, in], one per grid exponent
+    (s = 1, plain RTN, is not among them), normalized so that max(s) * min(s) = 1."""
     w_mean = _weight_mean(w, st.w_group_size)
     x_mean = x_mean.clamp(min=1e-8)
-    rtn = output_error(fake_quantize(w, st.w_bits, st.w_group_size) - w, gram)
-    best_s, best_err = torch.ones(w.shape[1]), rtn
     for i in range(st.n_grid):
         a = i / st.n_grid
         if st.scale_form == "x":
@@ -103,7 +100,17 @@ def search_scale(w: torch.Tensor, x_mean: torch.Tensor, gram: torch.Tensor, st: 
             s = (x_mean.pow(a) / (w_mean.pow(1 - a) + 1e-4)).clamp(min=1e-4)
         if gqa is not None:
             s = tie_heads(s, gqa)
-        s = s / (s.max() * s.min()).sqrt()
+        yield s / (s.max() * s.min()).sqrt()
+
+
+def search_scale(w: torch.Tensor, x_mean: torch.Tensor, gram: torch.Tensor, st: AwqSettings,
+                 gqa: tuple[int, int, int] | None = None) -> tuple[torch.Tensor, float, float]:
+    """w: the consumers' weights stacked [out, in]. gqa: (kv heads, query heads per kv head,
+    head dim) when the scale must be shared by query heads (o_proj under GQA).
+    -> (s [in], error with s, error of plain RTN)."""
+    rtn = output_error(fake_quantize(w, st.w_bits, st.w_group_size) - w, gram)
+    best_s, best_err = torch.ones(w.shape[1]), rtn
+    for s in scale_grid(w, x_mean, st, gqa):
         err = output_error(fake_quantize(w * s, st.w_bits, st.w_group_size) / s - w, gram)
         if err < best_err:
             best_s, best_err = s, err

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from lmserve.kernels.cpu_ops import rotary_ref
-from lmserve.lite.awq import AwqSettings, _weight_mean
+from lmserve.lite.awq import AwqSettings, scale_grid
 from lmserve.lite.quantizer import fake_quantize
 from lmserve.model.config import ModelConfig
 
@@ -59,17 +59,9 @@ def mlp_output(x: torch.Tensor, wg, wu, wd) -> torch.Tensor:
 
 
 def _candidates(w: torch.Tensor, x_mean: torch.Tensor, st: AwqSettings):
-    """The scale grid of awq.search_scale (same forms, same normalization), s = 1 first."""
+    """The scale grid of awq.search_scale, s = 1 (plain RTN) first."""
     yield torch.ones(w.shape[1])
-    w_mean = _weight_mean(w, st.w_group_size)
-    x_mean = x_mean.clamp(min=1e-8)
-    for i in range(st.n_grid):
-        a = i / st.n_grid
-        if st.scale_form == "x":
-            s = x_mean.pow(a).clamp(min=1e-4)
-        else:
-            s = (x_mean.pow(a) / (w_mean.pow(1 - a) + 1e-4)).clamp(min=1e-4)
-        yield s / (s.max() * s.min()).sqrt()
+    yield from scale_grid(w, x_mean, st)
 
 
 def _search(w: torch.Tensor, x_mean: torch.Tensor, st: AwqSettings, loss) -> tuple[torch.Tensor, float, float]:
