@@ -5,6 +5,7 @@
 #pragma once
 
 #include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
 #include <c10/util/Exception.h>
 
 #include <algorithm>
@@ -19,6 +20,25 @@ namespace lmserve::attn {
 // Below this many (token, KV head) pairs in the batch one thread runs: a second one costs more in
 // wake-up and barrier than it saves (measured on the float kernel).
 constexpr int64_t kMinParallelWork = 512;
+
+// The checks both kernels make of q [B, H, D] (fp32, CPU, rows contiguous), block_tables [B, width]
+// and context_lens [B] (int64) against the cache's kv_heads; `op` prefixes each message.
+inline void check_query_and_tables(const at::Tensor& q, int64_t kv_heads,
+                                   const at::Tensor& block_tables, const at::Tensor& context_lens,
+                                   const char* op) {
+  TORCH_CHECK_VALUE(q.device().is_cpu() && q.scalar_type() == at::kFloat && q.dim() == 3 &&
+                        q.stride(2) == 1,
+                    op, ": q must be a float32 CPU tensor [batch, heads, head_dim] with contiguous rows");
+  const int64_t B = q.size(0);
+  TORCH_CHECK_VALUE(kv_heads > 0 && q.size(1) % kv_heads == 0,
+                    op, ": the number of query heads must be a multiple of kv_heads");
+  TORCH_CHECK_VALUE(block_tables.scalar_type() == at::kLong && block_tables.dim() == 2 &&
+                        block_tables.size(0) == B && block_tables.stride(1) == 1,
+                    op, ": block_tables must be int64 [batch, max_blocks] with contiguous rows");
+  TORCH_CHECK_VALUE(context_lens.scalar_type() == at::kLong && context_lens.dim() == 1 &&
+                        context_lens.size(0) == B && context_lens.is_contiguous(),
+                    op, ": context_lens must be a contiguous int64 [batch] tensor");
+}
 
 // Every block a sequence reads must exist: a bad table would otherwise read out of bounds.
 // Returns the sum of the context lengths.

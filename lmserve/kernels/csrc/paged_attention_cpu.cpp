@@ -219,8 +219,6 @@ at::Tensor paged_decode_attention(const at::Tensor& q, const at::Tensor& k_cache
                                   const at::Tensor& v_cache, const at::Tensor& block_tables,
                                   const at::Tensor& context_lens, double scale,
                                   const std::optional<at::Tensor>& out_arg) {
-  check(q.device().is_cpu() && q.scalar_type() == at::kFloat && q.dim() == 3 && q.stride(2) == 1,
-        "q must be a float32 CPU tensor [batch, heads, head_dim] with contiguous rows");
   check(k_cache.dim() == 4 && k_cache.sizes() == v_cache.sizes() &&
             k_cache.strides() == v_cache.strides() && k_cache.stride(3) == 1 &&
             k_cache.scalar_type() == v_cache.scalar_type() && k_cache.device().is_cpu(),
@@ -229,16 +227,10 @@ at::Tensor paged_decode_attention(const at::Tensor& q, const at::Tensor& k_cache
   const auto dtype = k_cache.scalar_type();
   check(dtype == at::kFloat || dtype == at::kHalf || dtype == at::kBFloat16,
         "the cache dtype must be float32, float16 or bfloat16");
+  check_query_and_tables(q, k_cache.size(2), block_tables, context_lens, "paged_decode_attention");
   const int64_t B = q.size(0), H = q.size(1), D = q.size(2), KV = k_cache.size(2);
   check(k_cache.size(3) == D && D % 8 == 0, "head_dim of q and the cache must agree and be a "
         "multiple of 8");
-  check(KV > 0 && H % KV == 0, "the number of query heads must be a multiple of kv_heads");
-  check(block_tables.scalar_type() == at::kLong && block_tables.dim() == 2 &&
-            block_tables.size(0) == B && block_tables.stride(1) == 1,
-        "block_tables must be int64 [batch, max_blocks] with contiguous rows");
-  check(context_lens.scalar_type() == at::kLong && context_lens.dim() == 1 &&
-            context_lens.size(0) == B && context_lens.is_contiguous(),
-        "context_lens must be a contiguous int64 [batch] tensor");
   at::Tensor out = out_arg ? *out_arg : at::empty({B, H, D}, q.options());
   check(out.scalar_type() == at::kFloat && out.sizes() == q.sizes() && out.stride(2) == 1,
         "out must be float32 with q's shape and contiguous rows");

@@ -239,8 +239,6 @@ at::Tensor paged_decode_attention_quant(const at::Tensor& q, const at::Tensor& k
                                         const at::Tensor& v_sz, int64_t bits,
                                         const at::Tensor& block_tables,
                                         const at::Tensor& context_lens, double scale) {
-  check(q.device().is_cpu() && q.scalar_type() == at::kFloat && q.dim() == 3 && q.stride(2) == 1,
-        "q must be a float32 CPU tensor [batch, heads, head_dim] with contiguous rows");
   check(bits == 8 || bits == 4, "bits must be 8 or 4");
   check(k.dim() == 4 && k.sizes() == v.sizes() && k.strides() == v.strides() && k.stride(3) == 1 &&
             k.scalar_type() == at::kByte && v.scalar_type() == at::kByte && k.device().is_cpu() &&
@@ -254,16 +252,10 @@ at::Tensor paged_decode_attention_quant(const at::Tensor& q, const at::Tensor& k
             k_sz.size(2) == k.size(2),
         "k_sz and v_sz must be float16 CPU tensors [num_blocks, block_size, kv_heads, 2] matching "
         "the data, contiguous along the last dim");
+  check_query_and_tables(q, k.size(2), block_tables, context_lens, "paged_decode_attention_quant");
   const int64_t B = q.size(0), H = q.size(1), D = q.size(2), KV = k.size(2);
   check(k.size(3) == (bits == 8 ? D : D / 2) && D % (bits == 8 ? 8 : 16) == 0,
         "head_dim must match the cache and be a multiple of 8 (int8) or 16 (int4)");
-  check(KV > 0 && H % KV == 0, "the number of query heads must be a multiple of kv_heads");
-  check(block_tables.scalar_type() == at::kLong && block_tables.dim() == 2 &&
-            block_tables.size(0) == B && block_tables.stride(1) == 1,
-        "block_tables must be int64 [batch, max_blocks] with contiguous rows");
-  check(context_lens.scalar_type() == at::kLong && context_lens.dim() == 1 &&
-            context_lens.size(0) == B && context_lens.is_contiguous(),
-        "context_lens must be a contiguous int64 [batch] tensor");
   at::Tensor out = at::empty({B, H, D}, q.options());
   QuantProblem p{q.data_ptr<float>(), q.stride(0), q.stride(1),
                  k.data_ptr<uint8_t>(), v.data_ptr<uint8_t>(),
