@@ -78,6 +78,7 @@ class LlamaForCausalLM(nn.Module):
         # set by the model runner on CPU (kernels/cpu_decode_stack.py): all layers of a decode
         # step in one C++ call, bit-identical to the modules; None runs module by module
         self.decode_stack = None
+        self._flat_caches = None        # (the kv_caches list, its flattened form for the stack)
 
     @property
     def num_local_kv_heads(self) -> int:
@@ -98,14 +99,24 @@ class LlamaForCausalLM(nn.Module):
     def _stack_forward(self, hidden, cos_sin, kv_caches, meta: AttentionMetadata):
         t = hidden.shape[0]
         cos, sin = cos_sin
-        if isinstance(kv_caches[0], QuantKVCache):
-            caches = [x for c in kv_caches for x in (c.k, c.v, c.k_scale_zero, c.v_scale_zero)]
-            bits, rotation = kv_caches[0].bits, kv_caches[0].rotation
-        else:
-            caches, bits, rotation = [x for c in kv_caches for x in c], 0, None
+        caches, bits, rotation = self._stack_caches(kv_caches)
         return self.decode_stack.forward(
             hidden, cos.view(t, -1), sin.view(t, -1), caches, bits, rotation, meta.slot_mapping,
             meta.decode_block_tables.long().contiguous(), meta.decode_context_lens.long().contiguous())
+
+    def _stack_caches(self, kv_caches):
+        """The caches as the stack takes them (flat tensors, bits, rotation); the runner passes the
+        same list every step, so it is flattened once."""
+        cached = self._flat_caches
+        if cached is not None and cached[0] is kv_caches:
+            return cached[1]
+        if isinstance(kv_caches[0], QuantKVCache):
+            flat = ([x for c in kv_caches for x in (c.k, c.v, c.k_scale_zero, c.v_scale_zero)],
+                    kv_caches[0].bits, kv_caches[0].rotation)
+        else:
+            flat = ([x for c in kv_caches for x in c], 0, None)
+        self._flat_caches = (kv_caches, flat)
+        return flat
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.lm_head(hidden)
