@@ -70,10 +70,10 @@ def build_decode_stack(model, kv_bits: int = 0):
             lin = getattr(layer, attr)
             w = lin.weight
             quant = isinstance(w, QuantWeight)
-            bias = lin.bias if lin.bias is None or lin.bias.dtype == torch.float32 else lin.bias.float()
+            # biases are held in the model's dtype, fp32 here (unsupported_reason checked it)
             stack.set_linear(name, None if quant else w, w.qweight if quant else None,
                              w.scales if quant else None, w.mins if quant else None,
-                             w.bits if quant else 0, w.group_size if quant else 0, bias,
+                             w.bits if quant else 0, w.group_size if quant else 0, lin.bias,
                              bias_after, bool(lin.bf16_gemm), cpu_quant_linear.GEMV_MAX_M)
     return stack
 
