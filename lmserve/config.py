@@ -41,9 +41,10 @@ class EngineConfig:
     # GGUF Q4_0/Q4_1/Q8_0 weights run low-bit on CPU (about 5x less memory traffic per token);
     # True dequantizes them to `dtype` instead, for float math identical to transformers' load.
     dequantize_gguf: bool = False
-    # CPU low-bit matmuls of more than a decode's rows (prefill, large batches) in bfloat16: ~7x the
-    # fp32 FLOP rate on CPUs with AMX-BF16, at bf16 rounding of activations; float32 is exact
-    cpu_gemm_dtype: str = "float32"      # float32 | bfloat16
+    # CPU low-bit matmuls of more than a decode's rows (prefill, large batches): float32 is exact;
+    # bfloat16 runs ~7x the fp32 FLOP rate on CPUs with AMX-BF16, at bf16 rounding of activations;
+    # bf16x3 (three bf16 products of split halves, accumulated in fp32) is accurate to ~2^-16
+    cpu_gemm_dtype: str = "float32"      # float32 | bfloat16 | bf16x3
     seed: int = 0
     # tensor parallelism past one process (docs/serving.md): rendezvous as torchrun's; None reads
     # MASTER_ADDR / MASTER_PORT, else 127.0.0.1 and a free port (one node only)
@@ -62,8 +63,8 @@ class EngineConfig:
     def __post_init__(self):
         if self.dtype not in ("auto", "float32", "float16", "bfloat16"):
             raise ValueError(f"--dtype must be one of auto, float32, float16, bfloat16, got {self.dtype!r}")
-        if self.cpu_gemm_dtype not in ("float32", "bfloat16"):
-            raise ValueError(f"--cpu-gemm-dtype must be float32 or bfloat16, got {self.cpu_gemm_dtype!r}")
+        if self.cpu_gemm_dtype not in ("float32", "bfloat16", "bf16x3"):
+            raise ValueError(f"--cpu-gemm-dtype must be float32, bfloat16 or bf16x3, got {self.cpu_gemm_dtype!r}")
         if self.device not in ("auto", "cpu", "cuda"):
             raise ValueError(f"--device must be one of auto, cpu, cuda, got {self.device!r}")
         _check_range("--tp", self.tp, 1)

@@ -34,9 +34,10 @@ def add_engine_args(parser: argparse.ArgumentParser) -> None:
     add_flag(g, "load_format", default="auto", choices=["auto", "hf", "gguf", "dummy"])
     add_flag(g, "dequantize_gguf", action="store_true",
              help="run a GGUF's low-bit weights as floats (default on CPU: kept low-bit, faster)")
-    add_flag(g, "cpu_gemm_dtype", default="float32", choices=["float32", "bfloat16"],
-             help="CPU: low-bit matmuls above decode size (prefill, big batches) in bfloat16, "
-                  "fast with AMX-BF16, not bit-exact")
+    add_flag(g, "cpu_gemm_dtype", default="float32", choices=["float32", "bfloat16", "bf16x3"],
+             help="CPU: low-bit matmuls above decode size (prefill, big batches): float32 (exact), "
+                  "bfloat16 (fast with AMX-BF16, rounded to bf16) or bf16x3 (AMX-BF16, three bf16 "
+                  "products of split halves, accurate to ~2^-16)")
     add_flag(g, "eager_mode", action="store_true", help="run decode steps module by module: without CUDA graphs on CUDA, without the fused decode stack on CPU")
     add_flag(g, "log_level", default="WARNING", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     add_tp_args(parser)

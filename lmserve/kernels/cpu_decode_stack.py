@@ -21,7 +21,7 @@ from .quant_weight import QuantWeight
 logger = logging.getLogger(__name__)
 
 _EXT = CPUExtension("lmserve_decode_stack",
-                    ("decode_stack.cpp", "quant_linear.cpp", "quant_gemv.cpp",
+                    ("decode_stack.cpp", "quant_linear.cpp", "quant_gemv.cpp", "split_bf16_gemm.cpp",
                      "paged_attention_cpu.cpp", "paged_attention_kvq_cpu.cpp", "cpu_ops.cpp"),
                     reference="module-by-module decode")
 _PROJECTIONS = (("qkv", "qkv_proj", False), ("o", "o_proj", True),
@@ -74,7 +74,8 @@ def build_decode_stack(model, kv_bits: int = 0):
             stack.set_linear(name, None if quant else w, w.qweight if quant else None,
                              w.scales if quant else None, w.mins if quant else None,
                              w.bits if quant else 0, w.group_size if quant else 0, lin.bias,
-                             bias_after, bool(lin.bf16_gemm), cpu_quant_linear.GEMV_MAX_M)
+                             bias_after, cpu_quant_linear.GEMM_MODES[lin.cpu_gemm_dtype],
+                             lin.cpu_split_weight, cpu_quant_linear.GEMV_MAX_M)
     return stack
 
 

@@ -4,7 +4,9 @@ Two regimes, picked per call by the number of activation rows M:
 - M <= GEMV_MAX_M (decode): a hand-written AVX2/FMA GEMV (csrc/quant_gemv.cpp) reads every
   weight byte once for all M rows; batch-1 decode is memory-bound, so bytes read is the cost.
 - larger M (prefill): tiles of weight rows are dequantized into a reused fp32 buffer and
-  multiplied by torch's BLAS; no full fp32 copy of the weight is ever held.
+  multiplied by torch's BLAS; no full fp32 copy of the weight is ever held. `gemm_dtype` picks how:
+  float32 (exact fp32), bfloat16 (rounded to bf16) or bf16x3 (csrc/split_bf16_gemm.cpp: each
+  fp32 value split into two bf16 halves, three bf16 products in fp32, accurate to ~2^-16).
 The extension is JIT-compiled on first use and cached; where it cannot be built or run (no
 compiler, not x86 with AVX2/FMA/F16C) quant_linear_ref serves instead, after one warning.
 """
@@ -20,8 +22,11 @@ from .quant_weight import QuantWeight
 # Largest M that takes the GEMV path. Measured on Zen 3, all SmolLM2-135M linears, one thread:
 # Q4_1 M=20 GEMV 128 ms vs tiled 138 ms, M=24 154 vs 153, M=32 205 vs 182 (docs/benchmarks.md).
 GEMV_MAX_M = 20
+# --cpu-gemm-dtype -> the kernel's gemm_mode (quant_linear.h)
+GEMM_MODES = {"float32": 0, "bfloat16": 1, "bf16x3": 2}
 
-_EXT = CPUExtension("lmserve_quant_gemv", ("quant_linear_bind.cpp", "quant_linear.cpp", "quant_gemv.cpp"),
+_EXT = CPUExtension("lmserve_quant_gemv", ("quant_linear_bind.cpp", "quant_linear.cpp", "quant_gemv.cpp",
+                                              "split_bf16_gemm.cpp"),
                     reference="torch reference quant_linear_ref")
 
 
@@ -34,12 +39,14 @@ def quant_linear_ref(x: torch.Tensor, w: QuantWeight, bias: torch.Tensor | None 
 
 
 def quant_linear(x: torch.Tensor, w: QuantWeight, bias: torch.Tensor | None = None,
-                 bf16_gemm: bool = False) -> torch.Tensor:
+                 gemm_dtype: str = "float32", split: torch.Tensor | None = None) -> torch.Tensor:
     """fp32 [..., in] -> fp32 [..., out] with the weight in low-bit form.
 
     Other float dtypes of x are computed in fp32. Inference only: no autograd graph is built.
-    bf16_gemm: above GEMV_MAX_M rows, multiply in bfloat16 (fast on CPUs with AMX-BF16; x, the
-    dequantized tile and the result are rounded to bf16). Decode-sized calls are unaffected.
+    gemm_dtype: how calls above GEMV_MAX_M rows multiply: float32 (exact), bfloat16 (fast on CPUs
+    with AMX-BF16; x, the dequantized tile and the result are rounded to bf16) or bf16x3 (AMX-BF16
+    as well, accurate to ~2^-16 per product). Decode-sized calls are unaffected.
+    split: split_weight(w), kept by the caller, for bf16x3 (else each call splits tile by tile).
     """
     ext = _EXT.get()
     if ext is None:
@@ -49,13 +56,13 @@ def quant_linear(x: torch.Tensor, w: QuantWeight, bias: torch.Tensor | None = No
     if x.dim() != 2:
         _check_x(x, w)
         y = ext.quant_linear(x.reshape(-1, x.shape[-1]).float(), w.qweight, w.scales, w.mins,
-                             bias, w.bits, w.group_size, GEMV_MAX_M, bf16_gemm)
+                             bias, w.bits, w.group_size, GEMV_MAX_M, GEMM_MODES[gemm_dtype], split)
         return y.reshape(*x.shape[:-1], y.shape[-1])
     if x.dtype != torch.float32 or x.shape[1] != w.in_features:
         _check_x(x, w)
         x = x.float()
     return ext.quant_linear(x, w.qweight, w.scales, w.mins, bias, w.bits, w.group_size,
-                            GEMV_MAX_M, bf16_gemm)
+                            GEMV_MAX_M, GEMM_MODES[gemm_dtype], split)
 
 
 def _check_x(x: torch.Tensor, w: QuantWeight) -> None:
@@ -70,3 +77,19 @@ def _check_x(x: torch.Tensor, w: QuantWeight) -> None:
 def load_extension():
     """The compiled module, or None when this machine cannot build or run it (warned once)."""
     return _EXT.get()
+
+
+def split_weight(w: QuantWeight) -> torch.Tensor:
+    """w dequantized and split into bf16 halves, [out, 2 * in] (4 bytes a weight): what the
+    bf16x3 GEMM otherwise rebuilds tile by tile on every call."""
+    return _EXT.get().split_weight(w.qweight, w.scales, w.mins, w.bits, w.group_size)
+
+
+def split_bf16_unavailable_reason() -> str | None:
+    """Why --cpu-gemm-dtype bf16x3 cannot run here, or None when it can."""
+    ext = _EXT.get()
+    if ext is None:
+        return "the CPU low-bit kernels are not available on this machine"
+    if not ext.split_bf16_available():
+        return "this CPU has no bf16 matrix instructions (AMX-BF16 or AVX512-BF16)"
+    return None

@@ -38,11 +38,11 @@ def silu_and_mul(gate_up: torch.Tensor) -> torch.Tensor:
 
 
 def quant_linear(x: torch.Tensor, w: QuantWeight, bias: torch.Tensor | None = None,
-                 bf16_gemm: bool = False) -> torch.Tensor:
-    """Low-bit matmul: in x's dtype on CUDA, fp32 on CPU (bf16 above decode size if bf16_gemm;
-    see cpu_quant_linear)."""
+                 cpu_gemm_dtype: str = "float32", split: torch.Tensor | None = None) -> torch.Tensor:
+    """Low-bit matmul: in x's dtype on CUDA, fp32 on CPU (above decode size as cpu_gemm_dtype
+    says; see cpu_quant_linear)."""
     if use_triton(x, w.qweight):
         from .triton_quant_linear import quant_linear_triton
         return quant_linear_triton(x, w, bias)
     from .cpu_quant_linear import quant_linear as quant_linear_cpu
-    return quant_linear_cpu(x, w, bias, bf16_gemm)
+    return quant_linear_cpu(x, w, bias, cpu_gemm_dtype, split)

@@ -61,6 +61,9 @@ class VocabParallelEmbedding(nn.Module):
 class ParallelLMHead(nn.Module):
     """Logits over the whole vocabulary; each rank computes its slice, gathered at the end."""
 
+    cpu_gemm_dtype = "float32"     # as LinearBase's: set by the model runner from --cpu-gemm-dtype
+    cpu_split_weight = None
+
     def __init__(self, vocab_size: int, hidden: int, dtype: torch.dtype, parallel: ParallelContext,
                  tied_to: VocabParallelEmbedding | None = None):
         super().__init__()
@@ -81,7 +84,8 @@ class ParallelLMHead(nn.Module):
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         if _is_quant(self.weight):
             from lmserve.kernels.dispatch import quant_linear
-            logits = quant_linear(hidden, self.weight).float()
+            logits = quant_linear(hidden, self.weight, None, self.cpu_gemm_dtype,
+                                  self.cpu_split_weight).float()
         else:
             logits = F.linear(hidden, self.weight).float()
         if self.parallel.size > 1:

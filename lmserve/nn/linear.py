@@ -38,7 +38,8 @@ def _cat_rows(parts: list):
 class LinearBase(nn.Module):
     """y = x W^T + b, with W held as this rank's [out_local, in_local] slice."""
 
-    bf16_gemm = False       # set by the model runner for --cpu-gemm-dtype bfloat16 (low-bit weights)
+    cpu_gemm_dtype = "float32"     # set by the model runner from --cpu-gemm-dtype (low-bit weights)
+    cpu_split_weight = None        # bf16x3: the weight's bf16 halves, kept by the model runner
 
     def __init__(self, in_features: int, out_features: int, bias: bool, dtype: torch.dtype,
                  parallel: ParallelContext, shard_ids: tuple = (None,)):
@@ -91,7 +92,7 @@ class LinearBase(nn.Module):
         if _is_quant(self.weight):
             if isinstance(self.weight, Int8Weight):      # W8A8: activations go int8 too
                 return int8_linear(x, self.weight, bias)
-            return quant_linear(x, self.weight, bias, self.bf16_gemm)
+            return quant_linear(x, self.weight, bias, self.cpu_gemm_dtype, self.cpu_split_weight)
         return F.linear(x, self.weight, bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

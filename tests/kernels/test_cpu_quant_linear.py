@@ -189,9 +189,9 @@ def test_bf16_gemm_is_close_above_decode_size_and_exact_below(fmt):
     bias = torch.randn(w.out_features, generator=gen)
     small = torch.randn(cql.GEMV_MAX_M, 576, generator=gen)
     # decode-sized calls take the fp32 GEMV whatever the flag says
-    assert torch.equal(quant_linear(small, w, bias, bf16_gemm=True), quant_linear(small, w, bias))
+    assert torch.equal(quant_linear(small, w, bias, gemm_dtype="bfloat16"), quant_linear(small, w, bias))
     big = torch.randn(300, 576, generator=gen)
-    got = quant_linear(big, w, bias, bf16_gemm=True)
+    got = quant_linear(big, w, bias, gemm_dtype="bfloat16")
     exact = quant_linear(big, w, bias)
     assert not torch.equal(got, exact)           # it did take the bf16 path
     # bf16 keeps 8 significant bits: inputs, tile and output each rounded once

@@ -30,13 +30,14 @@ struct Linear {
   std::optional<at::Tensor> mins, bias;
   int64_t bits = 0, group = 0;
   bool bias_after = false;           // row-parallel layers add the bias after the matmul
-  bool bf16_gemm = false;
+  int64_t gemm_mode = lmserve::kGemmFloat32;
+  std::optional<at::Tensor> split;   // split_weight's halves for kGemmBf16x3, if kept
   int64_t gemv_max_m = 0;
 
   at::Tensor operator()(const at::Tensor& x) const {
     const std::optional<at::Tensor> inner = bias_after ? std::nullopt : bias;
     at::Tensor y = qweight.defined()
-        ? lmserve::quant_linear(x, qweight, scales, mins, inner, bits, group, gemv_max_m, bf16_gemm)
+        ? lmserve::quant_linear(x, qweight, scales, mins, inner, bits, group, gemv_max_m, gemm_mode, split)
         : at::linear(x, weight, inner);
     return bias_after && bias ? y + *bias : y;
   }
@@ -84,8 +85,8 @@ class DecodeStack {
   void set_linear(const std::string& name, std::optional<at::Tensor> weight,
                   std::optional<at::Tensor> qweight, std::optional<at::Tensor> scales,
                   std::optional<at::Tensor> mins, int64_t bits, int64_t group,
-                  std::optional<at::Tensor> bias, bool bias_after, bool bf16_gemm,
-                  int64_t gemv_max_m) {
+                  std::optional<at::Tensor> bias, bool bias_after, int64_t gemm_mode,
+                  std::optional<at::Tensor> split, int64_t gemv_max_m) {
     TORCH_CHECK_VALUE(!layers_.empty(), "DecodeStack.set_linear: add a layer first");
     TORCH_CHECK_VALUE(weight.has_value() != qweight.has_value(),
                       "DecodeStack.set_linear: give exactly one of weight and qweight");
@@ -101,7 +102,8 @@ class DecodeStack {
     lin->bits = bits;
     lin->group = group;
     lin->bias_after = bias_after;
-    lin->bf16_gemm = bf16_gemm;
+    lin->gemm_mode = gemm_mode;
+    lin->split = std::move(split);
     lin->gemv_max_m = gemv_max_m;
   }
 
@@ -194,8 +196,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       .def("add_layer", &DecodeStack::add_layer, py::arg("input_norm"), py::arg("post_norm"))
       .def("set_linear", &DecodeStack::set_linear, py::arg("name"), py::arg("weight"),
            py::arg("qweight"), py::arg("scales"), py::arg("mins"), py::arg("bits"),
-           py::arg("group"), py::arg("bias"), py::arg("bias_after"), py::arg("bf16_gemm"),
-           py::arg("gemv_max_m"))
+           py::arg("group"), py::arg("bias"), py::arg("bias_after"), py::arg("gemm_mode"),
+           py::arg("split"), py::arg("gemv_max_m"))
       .def("forward", &DecodeStack::forward, py::arg("hidden"), py::arg("cos"), py::arg("sin"),
            py::arg("caches"), py::arg("kv_bits"), py::arg("rotation"), py::arg("slot_mapping"),
            py::arg("block_tables"), py::arg("context_lens"),

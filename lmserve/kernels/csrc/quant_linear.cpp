@@ -15,6 +15,7 @@
 
 #include "quant_gemv.h"
 #include "quant_linear.h"
+#include "split_bf16_gemm.h"
 
 namespace {
 
@@ -131,7 +132,8 @@ namespace lmserve {
 at::Tensor quant_linear(const at::Tensor& x, const at::Tensor& qweight, const at::Tensor& scales,
                         const std::optional<at::Tensor>& mins,
                         const std::optional<at::Tensor>& bias, int64_t bits, int64_t group_size,
-                        int64_t gemv_max_m, bool bf16_gemm) {
+                        int64_t gemv_max_m, int64_t gemm_mode,
+                        const std::optional<at::Tensor>& split) {
   const QuantMatrix w = describe(qweight, scales, mins, bits, group_size);
   const int64_t out = qweight.size(0);
   TORCH_CHECK_VALUE(x.dim() == 2 && x.size(1) == w.in, "quant_linear: x must be [M, ", w.in,
@@ -144,9 +146,22 @@ at::Tensor quant_linear(const at::Tensor& x, const at::Tensor& qweight, const at
                           bias->scalar_type() == at::kFloat,
                       "quant_linear: bias must be a contiguous float32 [", out, "] tensor");
   }
+  TORCH_CHECK_VALUE(gemm_mode >= kGemmFloat32 && gemm_mode <= kGemmBf16x3,
+                    "quant_linear: gemm_mode must be 0 (float32), 1 (bfloat16) or 2 (bf16x3), got ",
+                    gemm_mode);
   if (x.size(0) <= gemv_max_m)
     return gemv(w, xc, bias ? bias->data_ptr<float>() : nullptr, out);
-  return tiled_gemm(w, xc, bias, out, bf16_gemm);
+  if (gemm_mode == kGemmBf16x3) {   // without the caller's halves, this call splits the weight
+    const float* b = bias ? bias->data_ptr<float>() : nullptr;
+    return split_bf16_gemm(w, xc, b, out, split ? *split : split_weight(w, out, scales.options()));
+  }
+  return tiled_gemm(w, xc, bias, out, gemm_mode == kGemmBf16);
+}
+
+at::Tensor split_weight(const at::Tensor& qweight, const at::Tensor& scales,
+                        const std::optional<at::Tensor>& mins, int64_t bits, int64_t group_size) {
+  const QuantMatrix w = describe(qweight, scales, mins, bits, group_size);
+  return split_weight(w, qweight.size(0), scales.options());
 }
 
 // Dequantized rows [row_begin, row_end) as an fp32 tensor (tests and debugging).
