@@ -76,3 +76,13 @@ def test_prefill_sized_quant_linear_runs_under_inference_mode():
     with torch.inference_mode():
         y = quant_linear(x, w)
     torch.testing.assert_close(y, quant_linear_ref(x, w), rtol=1e-5, atol=1e-5)
+
+
+@needs_ext
+def test_silu_and_mul_stays_finite_and_close_at_extreme_gates():
+    # the kernel's exp clamps its input to [-87, 88]; silu is then -0 or the gate itself
+    gate = torch.tensor([[-200.0, -90.0, -87.5, -30.0, -1e-3, 0.0, 1e-3, 30.0, 88.5, 200.0]])
+    gate_up = torch.cat([gate, torch.full_like(gate, 1.5)], dim=1)
+    got = cpu_ops.silu_and_mul(gate_up)
+    assert torch.isfinite(got).all()
+    torch.testing.assert_close(got, cpu_ops.silu_and_mul_ref(gate_up), rtol=1e-6, atol=1e-30)

@@ -12,6 +12,7 @@
 #include <optional>
 
 #include "cpu_ops.h"
+#include "fast_exp.h"
 
 namespace lmserve::ops {
 namespace {
@@ -108,7 +109,15 @@ at::Tensor silu_and_mul(const at::Tensor& gate_up) {
       const float* g = gate_up.data_ptr<float>() + r * gate_up.stride(0);
       const float* u = g + n;
       float* o = out.data_ptr<float>() + r * n;
-      for (int64_t i = 0; i < n; ++i) o[i] = g[i] / (1.0f + std::exp(-g[i])) * u[i];
+      const __m256 one = _mm256_set1_ps(1.0f), sign = _mm256_set1_ps(-0.0f);
+      int64_t i = 0;
+      for (; i + 8 <= n; i += 8) {
+        const __m256 gi = _mm256_loadu_ps(g + i);
+        const __m256 e = fast_exp8(_mm256_xor_ps(gi, sign));
+        _mm256_storeu_ps(o + i, _mm256_mul_ps(_mm256_div_ps(gi, _mm256_add_ps(one, e)),
+                                              _mm256_loadu_ps(u + i)));
+      }
+      for (; i < n; ++i) o[i] = g[i] / (1.0f + fast_exp(-g[i])) * u[i];
     }
   });
   return out;
