@@ -27,10 +27,7 @@ CSRC = Path(__file__).parent / "csrc"
 DISABLE_ENV = "LMSERVE_DISABLE_CPU_EXT"
 # -fopenmp: at::parallel_for is an inline "#pragma omp parallel"; without it the loop runs on
 # one thread. The .so then needs libgomp.so.1, which resolves to the copy torch already loaded.
-# -fno-trapping-math: no FP exception is ever trapped here, and without it GCC will not vectorize
-# a loop with a clamp or a float-to-int conversion in it (csrc/fast_exp.h). Results are unchanged:
-# unlike -ffast-math it allows no reassociation and no change of rounding.
-CFLAGS = ("-O3", "-mavx2", "-mfma", "-mf16c", "-ffp-contract=off", "-fno-trapping-math", "-fopenmp")
+CFLAGS = ("-O3", "-mavx2", "-mfma", "-mf16c", "-ffp-contract=off", "-fopenmp")
 LDFLAGS = ("-fopenmp",)
 _MISSING = object()
 
