@@ -83,7 +83,9 @@ def sample(logits: torch.Tensor, rows: list[SampleRow], default_generator: torch
            or r.gen.bad_token_ids or (r.gen.min_new_tokens or 0) > r.num_generated for r in rows):
         logits = logits.clone()
         _apply_penalties(logits, rows)
-    chosen = logits.argmax(-1)
+    # on CPU max(-1) finds the same first maximal index as argmax, ~2.5x faster (64 x 49152:
+    # 0.83 vs 2.11 ms, 2 threads)
+    chosen = logits.max(-1).indices if logits.device.type == "cpu" else logits.argmax(-1)
     sampled = [i for i, r in enumerate(rows) if not r.gen.greedy]
     if sampled:
         idx = torch.tensor(sampled, device=logits.device)
