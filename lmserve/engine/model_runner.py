@@ -14,17 +14,14 @@ from typing import TYPE_CHECKING
 import torch
 
 from lmserve.config import EngineConfig
+from lmserve.engine.cpu_setup import apply_cpu_gemm_dtype, keep_freed_memory
 from lmserve.engine.cuda_graphs import maybe_decode_graphs
 from lmserve.engine.scheduler import ScheduledBatch
 from lmserve.engine.step_plan import StepPlan
 from lmserve.kernels.cpu_decode_stack import build_decode_stack
-from lmserve.kernels.cpu_quant_linear import split_bf16_unavailable_reason, split_weight
 from lmserve.kernels.kv_quant import QuantKVCache, bytes_per_token_head
-from lmserve.kernels.quant_weight import QuantWeight
 from lmserve.model.config import ModelConfig
 from lmserve.model.llama import LlamaForCausalLM
-from lmserve.nn.embedding import ParallelLMHead
-from lmserve.nn.linear import LinearBase
 from lmserve.nn.parallel import ParallelContext
 from lmserve.nn.sampler import SampleResult, SampleRow, sample
 
@@ -93,23 +90,9 @@ class ModelRunner:
             self.model = LlamaForCausalLM(model_cfg, self.dtype, session_len, parallel)
         self.model.load_weights(weights)
         _move_loaded_weights(self.model, self.device)
-        if cfg.cpu_gemm_dtype != "float32" and self.device.type == "cpu":
-            if cfg.cpu_gemm_dtype == "bf16x3":
-                why = split_bf16_unavailable_reason()
-                if why is not None:
-                    raise ValueError(f"--cpu-gemm-dtype bf16x3 cannot run here: {why}; "
-                                     f"use float32 or bfloat16")
-            for module in self.model.modules():
-                # bfloat16 leaves the LM head fp32, so logits (and greedy ties) keep fp32 precision
-                # (bf16 there bought ~1% more throughput); bf16x3 is accurate enough to include it
-                head = isinstance(module, ParallelLMHead)
-                if isinstance(module, LinearBase) or (head and cfg.cpu_gemm_dtype == "bf16x3"):
-                    module.cpu_gemm_dtype = cfg.cpu_gemm_dtype
-                    if cfg.cpu_gemm_dtype == "bf16x3" and isinstance(module.weight, QuantWeight):
-                        # the halves cost 4 bytes a weight; without them every call dequantizes
-                        # and splits each tile again, which at decode batch sizes costs as much
-                        # as the bf16 products themselves
-                        module.cpu_split_weight = split_weight(module.weight)
+        if self.device.type == "cpu":
+            keep_freed_memory()
+            apply_cpu_gemm_dtype(self.model, cfg.cpu_gemm_dtype)
         self.model.eval()
         if self.device.type == "cpu" and not cfg.eager_mode:
             self.model.decode_stack = build_decode_stack(self.model, self.kv_bits)

@@ -74,11 +74,32 @@ def test_bf16x3_gives_the_float32_greedy_tokens_in_prefill_and_batched_decode():
 
 @requires_default_model
 def test_bf16x3_on_a_cpu_without_bf16_matrix_instructions_is_refused_at_start(monkeypatch):
-    from lmserve.engine import model_runner
+    from lmserve.engine import cpu_setup
     from lmserve.engine.engine import Engine
     from lmserve.model.loader import load_model
-    monkeypatch.setattr(model_runner, "split_bf16_unavailable_reason",
+    monkeypatch.setattr(cpu_setup, "split_bf16_unavailable_reason",
                         lambda: "this CPU has no bf16 matrix instructions (AMX-BF16 or AVX512-BF16)")
     with pytest.raises(ValueError, match="--cpu-gemm-dtype bf16x3 cannot run here: this CPU has no bf16"):
         Engine(load_model(None, keep_gguf_quantized=True),
                EngineConfig(device="cpu", num_blocks=8, cpu_gemm_dtype="bf16x3"))
+
+
+def test_keep_freed_memory_turns_glibc_mmap_off_once_and_can_be_declined(monkeypatch):
+    from lmserve.engine import cpu_setup
+    calls = []
+
+    class FakeLibc:
+        def mallopt(self, param, value):
+            calls.append((param, value))
+            return 1
+
+    monkeypatch.setattr(cpu_setup.platform, "libc_ver", lambda: ("glibc", "2.36"))
+    monkeypatch.setattr(cpu_setup.ctypes, "CDLL", lambda name: FakeLibc())
+    monkeypatch.setattr(cpu_setup, "_kept", False)
+    monkeypatch.setenv(cpu_setup.KEEP_FREED_ENV, "0")
+    cpu_setup.keep_freed_memory()
+    assert calls == []
+    monkeypatch.delenv(cpu_setup.KEEP_FREED_ENV)
+    cpu_setup.keep_freed_memory()
+    cpu_setup.keep_freed_memory()           # process-wide: set once
+    assert calls == [(-4, 0), (-1, 2**31 - 1)]
