@@ -58,9 +58,10 @@ def add_lite_parser(subparsers) -> None:
 
     p = sub.add_parser("auto_awq", help="AWQ 4-bit (AutoAWQ GEMM format) or 8-bit (GPTQ format)")
     _add_weight_recipe(p)
-    add_flag(p, "search_grid", type=int, default=20, help="points of the scale exponent grid")
+    add_flag(p, "search_grid", type=int, default=40,
+             help="points of the scale exponent grid (and half as many clip ratios); AutoAWQ uses 20")
     add_flag(p, "no_clip", action="store_true", help="skip the weight clipping search")
-    add_flag(p, "clip_gram", default="block", choices=["block", "full"],
+    add_flag(p, "clip_gram", default="full", choices=["block", "full"],
              help="clip search error: diagonal Gram blocks per group, or the full Gram matrix")
     add_flag(p, "scale_form", default="xw", choices=["xw", "x"],
              help="xw: s = mean|x|^a / mean|w|^(1-a); x: AutoAWQ's s = mean|x|^a")
