@@ -25,7 +25,7 @@ _kept = False
 def apply_cpu_gemm_dtype(model: torch.nn.Module, gemm_dtype: str) -> None:
     """Point every low-bit linear at the GEMM --cpu-gemm-dtype names; for bf16x3, split each
     weight into its bf16 halves once (4 bytes a weight): without them every call dequantizes and
-    splits each tile again, which at decode batch sizes costs as much as the products."""
+    splits the whole weight again, which at decode batch sizes costs more than the products."""
     if gemm_dtype == "float32":
         return
     if gemm_dtype == "bf16x3":

@@ -46,7 +46,7 @@ def quant_linear(x: torch.Tensor, w: QuantWeight, bias: torch.Tensor | None = No
     gemm_dtype: how calls above GEMV_MAX_M rows multiply: float32 (exact), bfloat16 (fast on CPUs
     with AMX-BF16; x, the dequantized tile and the result are rounded to bf16) or bf16x3 (AMX-BF16
     as well, accurate to ~2^-16 per product). Decode-sized calls are unaffected.
-    split: split_weight(w), kept by the caller, for bf16x3 (else each call splits tile by tile).
+    split: split_weight(w), kept by the caller, for bf16x3 (else each call splits all of w again).
     """
     ext = _EXT.get()
     if ext is None:
@@ -80,8 +80,8 @@ def load_extension():
 
 
 def split_weight(w: QuantWeight) -> torch.Tensor:
-    """w dequantized and split into bf16 halves, [out, 2 * in] (4 bytes a weight): what the
-    bf16x3 GEMM otherwise rebuilds tile by tile on every call."""
+    """w dequantized and split into bf16 halves, in the blocked VNNI layout the bf16x3 GEMM reads
+    ([ceil(out / 64), 2 * in, 64], 4 bytes a weight): without it every call splits w again."""
     return _EXT.get().split_weight(w.qweight, w.scales, w.mins, w.bits, w.group_size)
 
 

@@ -37,7 +37,8 @@ struct Linear {
   at::Tensor operator()(const at::Tensor& x) const {
     const std::optional<at::Tensor> inner = bias_after ? std::nullopt : bias;
     at::Tensor y = qweight.defined()
-        ? lmserve::quant_linear(x, qweight, scales, mins, inner, bits, group, gemv_max_m, gemm_mode, split)
+        ? lmserve::quant_linear(x, qweight, scales, mins, inner, bits, group, gemv_max_m,
+                                gemm_mode, split)
         : at::linear(x, weight, inner);
     return bias_after && bias ? y + *bias : y;
   }
